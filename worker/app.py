@@ -1,0 +1,51 @@
+"""The edge: builds the real collaborators from Settings, once per instance."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from worker.config import Settings
+from worker.logs import setup_logging
+from worker.results import http_status
+from worker.service import Worker
+
+_lock = threading.Lock()
+_worker: Worker | None = None
+
+
+def build_worker(settings: Settings) -> Worker:
+    """A Worker wired to STS/S3 (via the metadata server's ID token) and to the reply topic."""
+    from worker.adapters.aws import AwsFederation, role_session_name
+    from worker.adapters.google import MetadataIdTokenSource
+
+    storage = AwsFederation(
+        settings.role_arn,
+        MetadataIdTokenSource(settings.audience),
+        session_name=role_session_name(settings.service, settings.revision),
+        region=settings.region,
+        duration_seconds=settings.sts_duration_seconds,
+        max_connections=settings.read_concurrency,
+    )
+    publisher = None
+    if settings.reply_topic:
+        from worker.adapters.pubsub import ResultPublisher
+
+        publisher = ResultPublisher(settings.reply_topic)
+    return Worker(settings, storage, publisher)
+
+
+def get_worker(settings: Settings) -> Worker:
+    """The instance's Worker, built on first use and kept: credentials and clients are reused."""
+    global _worker
+    if _worker is None:
+        with _lock:
+            if _worker is None:
+                setup_logging()
+                _worker = build_worker(settings)
+    return _worker
+
+
+def http_response(result: dict) -> tuple[str, int, dict[str, str]]:
+    """A Flask response tuple for a result document."""
+    return json.dumps(result, ensure_ascii=False), http_status(result), {"Content-Type": "application/json"}

@@ -1,0 +1,109 @@
+"""Settings, read from the environment in one place.
+
+Names follow the ecosystems' own variables where they exist. Local endpoints are not
+settings of ours: boto3 reads ``AWS_ENDPOINT_URL``, the Pub/Sub client reads
+``PUBSUB_EMULATOR_HOST`` and google-auth reads ``GCE_METADATA_HOST`` / ``GCE_METADATA_IP``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from worker.errors import ConfigError
+
+AWS_ROLE_ARN = "AWS_ROLE_ARN"
+ID_TOKEN_AUDIENCE = "ID_TOKEN_AUDIENCE"  # noqa: S105 (a variable name, not a secret)
+REPLY_TOPIC = "REPLY_TOPIC"
+GOOGLE_CLOUD_PROJECT = "GOOGLE_CLOUD_PROJECT"
+AWS_REGION = "AWS_REGION"
+ALLOWED_BUCKETS = "ALLOWED_BUCKETS"
+READ_CONCURRENCY = "READ_CONCURRENCY"
+STS_DURATION_SECONDS = "STS_DURATION_SECONDS"
+K_SERVICE = "K_SERVICE"
+K_REVISION = "K_REVISION"
+
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+_TOPIC = re.compile(r"^projects/[^/]+/topics/[^/]+$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the worker reads from its environment, checked once."""
+
+    role_arn: str
+    audience: str
+    reply_topic: str | None = None
+    project: str | None = None
+    region: str = "us-east-1"
+    allowed_buckets: frozenset[str] = frozenset()
+    read_concurrency: int = 32
+    sts_duration_seconds: int = 3600
+    service: str = "parquet-summary"
+    revision: str = "local"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and check the settings; raise ConfigError naming every bad variable."""
+        env = os.environ if env is None else env
+        problems: list[str] = []
+
+        def get(name: str) -> str:
+            return env.get(name, "").strip()
+
+        role_arn = get(AWS_ROLE_ARN)
+        if not role_arn:
+            problems.append(f"{AWS_ROLE_ARN} is required (the IAM role to assume, arn:aws:iam::ACCOUNT:role/NAME)")
+        elif not _ROLE_ARN.match(role_arn):
+            problems.append(f"{AWS_ROLE_ARN} is not an IAM role ARN: {role_arn!r}")
+        audience = get(ID_TOKEN_AUDIENCE)
+        if not audience:
+            problems.append(f"{ID_TOKEN_AUDIENCE} is required "
+                            "(the audience of the Google ID token, as in the role's trust policy)")
+        project = get(GOOGLE_CLOUD_PROJECT) or None
+        reply_topic = get(REPLY_TOPIC) or None
+        if reply_topic and "/" not in reply_topic:
+            if project:
+                reply_topic = f"projects/{project}/topics/{reply_topic}"
+            else:
+                problems.append(f"{REPLY_TOPIC} is a short name; "
+                                f"give projects/P/topics/T or set {GOOGLE_CLOUD_PROJECT}")
+        if reply_topic and "/" in reply_topic and not _TOPIC.match(reply_topic):
+            problems.append(f"{REPLY_TOPIC} must look like projects/P/topics/T: {reply_topic!r}")
+        read_concurrency = _int(get(READ_CONCURRENCY), READ_CONCURRENCY, 32, 1, 256, problems)
+        duration = _int(get(STS_DURATION_SECONDS), STS_DURATION_SECONDS, 3600, 900, 43200, problems)
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems), problems=problems)
+        return cls(
+            role_arn=role_arn,
+            audience=audience,
+            reply_topic=reply_topic,
+            project=project,
+            region=get(AWS_REGION) or env.get("AWS_DEFAULT_REGION", "").strip() or "us-east-1",
+            allowed_buckets=frozenset(b.strip() for b in get(ALLOWED_BUCKETS).split(",") if b.strip()),
+            read_concurrency=read_concurrency,
+            sts_duration_seconds=duration,
+            service=get(K_SERVICE) or "parquet-summary",
+            revision=get(K_REVISION) or "local",
+        )
+
+    def require_reply_topic(self) -> str:
+        """The reply topic; raise ConfigError when the Pub/Sub path runs without one."""
+        if not self.reply_topic:
+            raise ConfigError(f"{REPLY_TOPIC} is required to answer Pub/Sub jobs (projects/P/topics/T)")
+        return self.reply_topic
+
+
+def _int(raw: str, name: str, default: int, low: int, high: int, problems: list[str]) -> int:
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        problems.append(f"{name} must be an integer: {raw!r}")
+        return default
+    if not low <= value <= high:
+        problems.append(f"{name} must be between {low} and {high}: {value}")
+    return value

@@ -1,0 +1,85 @@
+"""Starting and stopping the local stand-ins as child processes, each in its own process group."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A port the OS considers free now, so two stacks on one machine do not collide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """One child process with its log file; stopping it ends its whole process group."""
+
+    def __init__(self, name: str, argv: Sequence[str], *, port: int, log_dir: Path,
+                 env: Mapping[str, str] | None = None, ready_path: str | None = "/", cwd: Path | None = None):
+        self.name = name
+        self.argv = list(argv)
+        self.port = port
+        self.env = dict(env if env is not None else os.environ)
+        self.ready_path = ready_path
+        self.cwd = cwd
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> Service:
+        log = open(self.log_path, "ab")  # noqa: SIM115 (the child keeps it)
+        self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=self.env, cwd=self.cwd, start_new_session=True)
+        log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> Service:
+        """Poll until the service answers HTTP (any status) or raise with the tail of its log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                urllib.request.urlopen(f"http://{self.address}{self.ready_path or '/'}", timeout=2).close()
+                return self
+            except urllib.error.HTTPError:
+                return self  # it answered
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"{self.name} not ready on {self.address} after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # The group may hold children (the emulator's JVM) that outlive the leader.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"

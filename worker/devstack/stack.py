@@ -1,0 +1,271 @@
+"""The local stack: Google's Pub/Sub emulator, moto (S3, STS, IAM), the metadata double and
+the function itself under functions-framework, wired as they are in the cloud.
+
+Jobs go to the ``jobs`` topic, whose push subscription posts them to the function like
+Eventarc; results come back on the ``results`` topic, read through a pull subscription.
+The function process gets no AWS keys: it federates through the metadata double and STS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import boto3
+
+from worker.devstack.metadata import MetadataDouble
+from worker.devstack.processes import Service, free_port
+from worker.policies import permissions_policy, trust_policy
+
+REPO = Path(__file__).resolve().parents[2]
+ACCOUNT_ID = "123456789012"  # moto's default account
+# Credentials for the harness only (creating buckets and the role in moto); the function never sees them.
+_ADMIN = {"aws_access_key_id": "devstack-admin", "aws_secret_access_key": "devstack-admin"}
+
+
+class LocalStack:
+    """Starts, wires and stops the whole local stack; use it as a context manager."""
+
+    def __init__(self, workdir: Path, *, project: str = "demo-project", role_name: str = "summary-worker",
+                 audience: str = "//iam.amazonaws.com/summary-worker", region: str = "us-east-1",
+                 allowed_buckets: str = "", jobs_topic: str = "jobs", reply_topic: str = "results",
+                 ack_deadline: int = 120):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.project = project
+        self.role_name = role_name
+        self.role_arn = f"arn:aws:iam::{ACCOUNT_ID}:role/{role_name}"
+        self.audience = audience
+        self.region = region
+        self.allowed_buckets = allowed_buckets
+        self.jobs_topic = f"projects/{project}/topics/{jobs_topic}"
+        self.reply_topic = f"projects/{project}/topics/{reply_topic}"
+        self.push_subscription = f"projects/{project}/subscriptions/{jobs_topic}-push"
+        self.reply_subscription = f"projects/{project}/subscriptions/{reply_topic}-pull"
+        self.ack_deadline = ack_deadline
+        self.metadata: MetadataDouble | None = None
+        self.services: list[Service] = []
+        self._saved_env: dict[str, str | None] = {}
+        self._publisher = None
+        self._subscriber = None
+        self.inbox: ResultInbox | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def __enter__(self) -> LocalStack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> LocalStack:
+        (self.workdir / "pubsub-data").mkdir(exist_ok=True)
+        self.metadata = MetadataDouble(project=self.project).start()
+        self.moto = self._service("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"],
+                                  ready_path="/moto-api/")
+        self.emulator = self._service("pubsub-emulator", [
+            "gcloud", "beta", "emulators", "pubsub", "start", "--host-port=127.0.0.1:{port}",
+            f"--project={self.project}", f"--data-dir={self.workdir / 'pubsub-data'}", "--quiet"])
+        self.moto.start()
+        self.emulator.start()
+        self.moto.wait_ready()
+        self._create_role()
+        env = self.function_env()
+        self.fn_pubsub = self._service("function-pubsub", self._ff_argv("handle_pubsub", "cloudevent"), env=env)
+        self.fn_http = self._service("function-http", self._ff_argv("handle_http", "http"), env=env)
+        self.fn_pubsub.start()
+        self.fn_http.start()
+        self.emulator.wait_ready(timeout=90)
+        self._use_emulator()
+        self._create_topics()
+        self.fn_pubsub.wait_ready()
+        self.fn_http.wait_ready()
+        return self
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        self.services.clear()
+        if self.metadata is not None:
+            self.metadata.stop()
+            self.metadata = None
+        if self._subscriber is not None:
+            with contextlib.suppress(Exception):  # closing a client of a stopped emulator
+                self._subscriber.close()
+        self._publisher = self._subscriber = None
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env.clear()
+
+    def _service(self, name: str, argv: list[str], *, env: dict[str, str] | None = None,
+                 ready_path: str | None = "/") -> Service:
+        port = free_port()
+        service = Service(name, [a.replace("{port}", str(port)) for a in argv], port=port, log_dir=self.workdir,
+                          env=env, ready_path=ready_path, cwd=REPO)
+        self.services.append(service)
+        return service
+
+    def _ff_argv(self, target: str, signature: str) -> list[str]:
+        return [sys.executable, "-m", "functions_framework", "--target", target, "--signature-type", signature,
+                "--source", str(REPO / "main.py"), "--host", "127.0.0.1", "--port", "{port}"]
+
+    # -- what the function sees -------------------------------------------------------------
+
+    @property
+    def aws_endpoint(self) -> str:
+        return f"http://{self.moto.address}"
+
+    def function_env(self) -> dict[str, str]:
+        """The function's environment: its settings and the local endpoints, and no AWS keys."""
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("AWS_", "GOOGLE_", "GCE_", "PUBSUB_", "CLOUDSDK_"))}
+        assert self.metadata is not None
+        env.update({
+            "AWS_ROLE_ARN": self.role_arn,
+            "ID_TOKEN_AUDIENCE": self.audience,
+            "REPLY_TOPIC": self.reply_topic,
+            "GOOGLE_CLOUD_PROJECT": self.project,
+            "AWS_REGION": self.region,
+            "ALLOWED_BUCKETS": self.allowed_buckets,
+            "AWS_ENDPOINT_URL": self.aws_endpoint,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "PUBSUB_EMULATOR_HOST": self.emulator.address,
+            "GCE_METADATA_HOST": self.metadata.host,
+            "GCE_METADATA_IP": self.metadata.host,
+            "K_SERVICE": "summary-worker",
+            "K_REVISION": "summary-worker-00001-dev",
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    # -- AWS side (moto) ------------------------------------------------------------------
+
+    def aws_client(self, service: str):
+        """A boto3 client for the harness, with the harness's own moto credentials."""
+        return boto3.client(service, endpoint_url=self.aws_endpoint, region_name=self.region, **_ADMIN)
+
+    def _create_role(self) -> None:
+        iam = self.aws_client("iam")
+        assert self.metadata is not None
+        iam.create_role(RoleName=self.role_name,
+                        AssumeRolePolicyDocument=json.dumps(trust_policy(self.metadata.unique_id, self.audience)),
+                        MaxSessionDuration=3600)
+
+    def allow_read(self, bucket: str, prefixes: list[str]) -> None:
+        """Grant the role least-privilege read of ``bucket`` under ``prefixes``."""
+        self.aws_client("iam").put_role_policy(RoleName=self.role_name, PolicyName=f"read-{bucket}",
+                                               PolicyDocument=json.dumps(permissions_policy(bucket, prefixes)))
+
+    def put_objects(self, bucket: str, objects: dict[str, bytes], *, create: bool = True) -> None:
+        s3 = self.aws_client("s3")
+        if create:
+            s3.create_bucket(Bucket=bucket)
+        for key, body in objects.items():
+            s3.put_object(Bucket=bucket, Key=key, Body=body)
+        self.allow_read(bucket, [""])
+
+    # -- Pub/Sub side (emulator) ----------------------------------------------------------
+
+    def _use_emulator(self) -> None:
+        local = {"PUBSUB_EMULATOR_HOST": self.emulator.address, "GOOGLE_CLOUD_PROJECT": self.project}
+        for name, value in local.items():
+            self._saved_env.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+
+    @property
+    def publisher(self):
+        if self._publisher is None:
+            from google.cloud import pubsub_v1
+
+            self._publisher = pubsub_v1.PublisherClient()
+        return self._publisher
+
+    @property
+    def subscriber(self):
+        if self._subscriber is None:
+            from google.cloud import pubsub_v1
+
+            self._subscriber = pubsub_v1.SubscriberClient()
+        return self._subscriber
+
+    def push_endpoint(self) -> str:
+        # The topic in the path lets functions-framework put it in the CloudEvent's source.
+        return f"http://{self.fn_pubsub.address}/{self.jobs_topic}"
+
+    def _create_topics(self) -> None:
+        for topic in (self.jobs_topic, self.reply_topic):
+            self.publisher.create_topic(name=topic)
+        self.subscriber.create_subscription(request={
+            "name": self.push_subscription, "topic": self.jobs_topic,
+            "push_config": {"push_endpoint": self.push_endpoint()}, "ack_deadline_seconds": self.ack_deadline})
+        self.subscriber.create_subscription(request={
+            "name": self.reply_subscription, "topic": self.reply_topic, "ack_deadline_seconds": 60})
+        self.inbox = ResultInbox(self.subscriber, self.reply_subscription)
+
+    def publish_job(self, job: dict | bytes | str, **attributes: str) -> str:
+        """Publish a job (a dict as JSON, or raw bytes) to the jobs topic; return its message ID."""
+        data = job if isinstance(job, bytes) else (job.encode() if isinstance(job, str) else json.dumps(job).encode())
+        return self.publisher.publish(self.jobs_topic, data, **attributes).result(timeout=30)
+
+    def post_job(self, job: dict | bytes | str, timeout: float = 60) -> tuple[int, dict]:
+        """POST a job to the HTTP entry point; return (status, result JSON)."""
+        import requests
+
+        data = job if isinstance(job, (bytes, str)) else json.dumps(job)
+        response = requests.post(f"http://{self.fn_http.address}/", data=data, timeout=timeout,
+                                 headers={"Content-Type": "application/json"})
+        return response.status_code, response.json()
+
+    def tokens_issued(self) -> int:
+        """ID tokens the metadata double has minted for the function's audience (one per STS call)."""
+        assert self.metadata is not None
+        return self.metadata.tokens_issued.get(self.audience, 0)
+
+
+class ResultInbox:
+    """Pulls result messages from the reply subscription and files them by job ID."""
+
+    def __init__(self, subscriber, subscription: str):
+        self._subscriber = subscriber
+        self._subscription = subscription
+        self.by_job: dict[str, list[tuple[dict, dict[str, str]]]] = defaultdict(list)
+
+    def drain(self, wait_s: float = 1.0) -> int:
+        """Pull and acknowledge what is there now; return how many messages arrived."""
+        response = self._subscriber.pull(request={"subscription": self._subscription, "max_messages": 100},
+                                         timeout=wait_s + 5)
+        messages = response.received_messages
+        if messages:
+            self._subscriber.acknowledge(request={"subscription": self._subscription,
+                                                  "ack_ids": [m.ack_id for m in messages]})
+        for m in messages:
+            attributes = dict(m.message.attributes)
+            result = json.loads(m.message.data)
+            self.by_job[attributes.get("job_id", result.get("job_id"))].append((result, attributes))
+        return len(messages)
+
+    def wait_for(self, job_id: str, timeout: float = 60.0, count: int = 1) -> list[tuple[dict, dict[str, str]]]:
+        """The first ``count`` results for ``job_id``, pulling until they arrive or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while len(self.by_job.get(job_id, ())) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no result for job {job_id!r} after {timeout:.0f}s")
+            if not self.drain():
+                time.sleep(0.2)
+        return self.by_job[job_id][:count]
+
+    def wait_one(self, job_id: str, timeout: float = 60.0) -> tuple[dict, dict[str, str]]:
+        return self.wait_for(job_id, timeout)[0]

@@ -1,0 +1,60 @@
+"""A result: built from a summary or an error, turned into a Pub/Sub message and attributes.
+
+Pure: the shape is schemas/result.schema.json, and tests hold every result against it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from worker import __version__
+from worker.errors import WorkerError
+from worker.jobs import Job, JobRef
+
+OK = "ok"
+ERROR = "error"
+
+
+def _base(ref: Job | JobRef, status: str, timings: dict[str, float] | None) -> dict:
+    return {
+        "job_id": ref.job_id,
+        "status": status,
+        "bucket": ref.bucket,
+        "prefix": ref.prefix,
+        "message_id": ref.message_id,
+        "timings_ms": {k: round(v, 1) for k, v in (timings or {}).items()},
+        "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "worker_version": __version__,
+    }
+
+
+def ok_result(job: Job, summary: dict, timings: dict[str, float] | None = None) -> dict:
+    """A successful result: the job's identity, the summary fields and timings per phase."""
+    return {**_base(job, OK, timings), **summary}
+
+
+def error_result(ref: Job | JobRef, error: WorkerError, timings: dict[str, float] | None = None) -> dict:
+    """A failed result: the job's identity (as far as known) and ``error: {code, message, retryable}``."""
+    return {**_base(ref, ERROR, timings), "error": error.to_dict()}
+
+
+def to_message(result: dict) -> tuple[bytes, dict[str, str]]:
+    """The Pub/Sub message for a result: compact JSON, and attributes subscribers can filter on."""
+    attributes = {"job_id": result["job_id"], "status": result["status"]}
+    if result.get("message_id"):
+        attributes["source_message_id"] = result["message_id"]
+    if result["status"] == ERROR:
+        attributes["error_code"] = result["error"]["code"]
+    data = json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return data, attributes
+
+
+def http_status(result: dict) -> int:
+    """The HTTP status that answers a result: 200 ok, 4xx for a bad job, 5xx for a retryable fault."""
+    if result["status"] == OK:
+        return 200
+    error = result["error"]
+    if error["retryable"]:
+        return 503
+    return {"invalid_job": 400, "forbidden": 403, "not_found": 404, "federation_failed": 502}.get(error["code"], 500)

@@ -1,0 +1,182 @@
+"""One job, start to end: federate -> list -> summarize -> result.
+
+The collaborators are injected (``Storage``, ``Publisher``); ``worker.app`` builds the real
+ones at the edge. The retry contract lives here: permanent errors become one error result;
+retryable ones are raised so that Pub/Sub redelivers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from worker.config import Settings
+from worker.errors import Forbidden, NotFound, WorkerError
+from worker.jobs import InvalidJobMessage, Job, job_from_pubsub, parse_job
+from worker.results import error_result, ok_result
+from worker.summary import Summary, skip_reason, summarize_object
+
+log = logging.getLogger("worker")
+
+
+class ObjectStore(Protocol):
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]: ...
+    def fetch(self, key: str, start: int, end: int) -> bytes: ...
+
+
+class Storage(Protocol):
+    def ensure_credentials(self) -> None: ...
+    def objects(self, bucket: str, job_id: str) -> ObjectStore: ...
+
+
+class Publisher(Protocol):
+    def publish(self, result: dict) -> str: ...
+
+
+class Worker:
+    """Runs jobs against S3 and answers them."""
+
+    def __init__(self, settings: Settings, storage: Storage, publisher: Publisher | None = None):
+        self.settings = settings
+        self.storage = storage
+        self.publisher = publisher
+
+    # -- entry points -----------------------------------------------------------------
+
+    def handle_pubsub(self, data: Any, event_id: str | None = None) -> dict:
+        """Answer one ``messagePublished`` event: publish its result, or raise to be redelivered."""
+        if self.publisher is None:
+            self.settings.require_reply_topic()
+            raise RuntimeError("no publisher configured")
+        try:
+            job = job_from_pubsub(data, event_id)
+        except InvalidJobMessage as e:
+            result = error_result(e.ref, e)
+        else:
+            result = self.run(job)
+        result_id = self.publisher.publish(result)
+        _log_result(result, result_message_id=result_id)
+        return result
+
+    def handle_http(self, body: bytes) -> dict:
+        """Answer one HTTP job synchronously; retryable faults become an error result too."""
+        try:
+            job = parse_job(body)
+        except InvalidJobMessage as e:
+            result = error_result(e.ref, e)
+        else:
+            try:
+                result = self.run(job)
+            except WorkerError as e:  # retryable: the caller sees 503 and may try again
+                result = error_result(job, e)
+        _log_result(result)
+        return result
+
+    # -- one job ----------------------------------------------------------------------
+
+    def run(self, job: Job) -> dict:
+        """Summarize one job. Returns an ok or permanent-error result; raises retryable errors."""
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        try:
+            if self.settings.allowed_buckets and job.bucket not in self.settings.allowed_buckets:
+                raise Forbidden(f"bucket {job.bucket!r} is not in ALLOWED_BUCKETS")
+            with _phase(timings, "federation"):
+                self.storage.ensure_credentials()
+            store = self.storage.objects(job.bucket, job.job_id)
+            with _phase(timings, "listing"):
+                listed = list(store.list(job.prefix))
+            with _phase(timings, "reading"):
+                summary = summarize_listing(store, listed, self.settings.read_concurrency)
+            if summary.files == 0 and not any(skip_reason(k, s) is None for k, s in listed):
+                raise NotFound(_nothing_found(job, len(listed)))
+        except WorkerError as e:
+            timings["total"] = _ms_since(started)
+            if e.retryable:
+                log.warning("job will be retried: %s", e.message, extra={"fields": _ids(job) | {"code": e.code}})
+                raise
+            return error_result(job, e, timings)
+        timings["total"] = _ms_since(started)
+        return ok_result(job, summary.to_dict(), timings)
+
+
+def summarize_listing(store: ObjectStore, listed: list[tuple[str, int]], concurrency: int) -> Summary:
+    """Merge the summaries of every listed object, reading footers with at most ``concurrency`` in flight."""
+    total = Summary()
+    to_read = []
+    for key, size in listed:
+        reason = skip_reason(key, size)
+        if reason is None:
+            to_read.append((key, size))
+        else:
+            total = total.merge(Summary.of_skipped(key, reason))
+    if not to_read:
+        return total
+
+    def one(item: tuple[str, int]) -> Summary:
+        key, size = item
+        try:
+            return summarize_object(key, size, lambda start, end: store.fetch(key, start, end))
+        except NotFound:
+            return Summary.of_skipped(key, "object disappeared after it was listed")
+
+    pending = iter(to_read)
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(to_read)), thread_name_prefix="footer") as pool:
+        in_flight = set()
+        try:
+            # Keep a bounded window in flight, so memory does not grow with the prefix.
+            for item in pending:
+                in_flight.add(pool.submit(one, item))
+                if len(in_flight) >= 2 * concurrency:
+                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        total = total.merge(future.result())
+            for future in in_flight:
+                total = total.merge(future.result())
+        except BaseException:
+            for future in in_flight:
+                future.cancel()
+            raise
+    return total
+
+
+def _nothing_found(job: Job, listed: int) -> str:
+    where = f"s3://{job.bucket}/{job.prefix}"
+    text = f"no Parquet object under {where}"
+    if listed:
+        text += f" ({listed} other object(s) skipped)"
+    if any(c in job.prefix for c in "*?["):
+        text += "; the prefix is matched literally, not as a glob"
+    return text
+
+
+@contextmanager
+def _phase(timings: dict[str, float], name: str):
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = _ms_since(started)
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+def _ids(job: Job) -> dict:
+    return {"job_id": job.job_id, "message_id": job.message_id, "bucket": job.bucket, "prefix": job.prefix}
+
+
+def _log_result(result: dict, **fields: Any) -> None:
+    entry = {"job_id": result["job_id"], "message_id": result["message_id"], "status": result["status"],
+             "bucket": result["bucket"], "prefix": result["prefix"], "timings_ms": result["timings_ms"], **fields}
+    if result["status"] == "ok":
+        entry |= {"rows": result["rows"], "columns": result["columns"], "files": result["files"]}
+        log.info("job done", extra={"fields": entry})
+    else:
+        entry |= {"code": result["error"]["code"]}
+        log.warning("job failed: %s", result["error"]["message"], extra={"fields": entry})
