@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import boto3
+import requests
 
 from worker.devstack.metadata import MetadataDouble
 from worker.devstack.processes import Service, free_port
@@ -24,8 +25,7 @@ from worker.policies import permissions_policy, trust_policy
 
 REPO = Path(__file__).resolve().parents[2]
 ACCOUNT_ID = "123456789012"  # moto's default account
-# Credentials for the harness only (creating buckets and the role in moto); the function never sees them.
-_ADMIN = {"aws_access_key_id": "devstack-admin", "aws_secret_access_key": "devstack-admin"}
+ADMIN_USER = "devstack-admin"
 
 
 class LocalStack:
@@ -51,6 +51,7 @@ class LocalStack:
         self.metadata: MetadataDouble | None = None
         self.services: list[Service] = []
         self._saved_env: dict[str, str | None] = {}
+        self._admin_keys: dict[str, str] = {}
         self._publisher = None
         self._subscriber = None
         self.inbox: ResultInbox | None = None
@@ -71,14 +72,18 @@ class LocalStack:
     def start(self) -> LocalStack:
         (self.workdir / "pubsub-data").mkdir(exist_ok=True)
         self.metadata = MetadataDouble(project=self.project).start()
-        self.moto = self._service("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"],
-                                  ready_path="/moto-api/")
+        # IAM is enforced after the first three actions, which make the harness's admin user:
+        # from then on the function can read only what its role's policies grant.
+        moto_env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
+        self.moto = self._service("moto", [sys.executable, "-m", "worker.devstack.moto_server", "-H", "127.0.0.1",
+                                           "-p", "{port}"], env=moto_env, ready_path="/moto-api/")
         self.emulator = self._service("pubsub-emulator", [
             "gcloud", "beta", "emulators", "pubsub", "start", "--host-port=127.0.0.1:{port}",
             f"--project={self.project}", f"--data-dir={self.workdir / 'pubsub-data'}", "--quiet"])
         self.moto.start()
         self.emulator.start()
         self.moto.wait_ready()
+        self._create_admin()
         self._create_role()
         env = self.function_env()
         self.fn_pubsub = self._service("function-pubsub", self._ff_argv("handle_pubsub", "cloudevent"), env=env)
@@ -154,8 +159,28 @@ class LocalStack:
     # -- AWS side (moto) ------------------------------------------------------------------
 
     def aws_client(self, service: str):
-        """A boto3 client for the harness, with the harness's own moto credentials."""
-        return boto3.client(service, endpoint_url=self.aws_endpoint, region_name=self.region, **_ADMIN)
+        """A boto3 client for the harness, as its admin IAM user (the function never has these keys)."""
+        return boto3.client(service, endpoint_url=self.aws_endpoint, region_name=self.region, **self._admin_keys)
+
+    def _create_admin(self) -> None:
+        # The first three actions are free (INITIAL_NO_AUTH_ACTION_COUNT): make an admin user with a key.
+        iam = boto3.client("iam", endpoint_url=self.aws_endpoint, region_name=self.region,
+                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")  # noqa: S106
+        iam.create_user(UserName=ADMIN_USER)
+        iam.put_user_policy(UserName=ADMIN_USER, PolicyName="admin", PolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        key = iam.create_access_key(UserName=ADMIN_USER)["AccessKey"]
+        self._admin_keys = {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
+
+    def moto_state(self) -> dict:
+        """moto's whole state (``/moto-api/data.json``), including the credentials STS issued."""
+        response = requests.get(f"{self.aws_endpoint}/moto-api/data.json", timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def sts_calls(self) -> int:
+        """How many AssumeRoleWithWebIdentity calls STS (moto) has answered."""
+        return len(self.moto_state().get("sts", {}).get("AssumedRole", []))
 
     def _create_role(self) -> None:
         iam = self.aws_client("iam")
@@ -169,13 +194,18 @@ class LocalStack:
         self.aws_client("iam").put_role_policy(RoleName=self.role_name, PolicyName=f"read-{bucket}",
                                                PolicyDocument=json.dumps(permissions_policy(bucket, prefixes)))
 
-    def put_objects(self, bucket: str, objects: dict[str, bytes], *, create: bool = True) -> None:
+    def put_objects(self, bucket: str, objects: dict[str, bytes], *, create: bool = True,
+                    grant: list[str] | None = None) -> None:
+        """Upload objects (creating the bucket) and grant the role read of ``grant`` prefixes (default: all)."""
         s3 = self.aws_client("s3")
         if create:
             s3.create_bucket(Bucket=bucket)
         for key, body in objects.items():
             s3.put_object(Bucket=bucket, Key=key, Body=body)
-        self.allow_read(bucket, [""])
+        if grant is None:
+            grant = [""]
+        if grant:
+            self.allow_read(bucket, grant)
 
     # -- Pub/Sub side (emulator) ----------------------------------------------------------
 
@@ -222,8 +252,6 @@ class LocalStack:
 
     def post_job(self, job: dict | bytes | str, timeout: float = 60) -> tuple[int, dict]:
         """POST a job to the HTTP entry point; return (status, result JSON)."""
-        import requests
-
         data = job if isinstance(job, (bytes, str)) else json.dumps(job)
         response = requests.post(f"http://{self.fn_http.address}/", data=data, timeout=timeout,
                                  headers={"Content-Type": "application/json"})

@@ -1,0 +1,49 @@
+"""Settings: read once from the environment; a bad or missing setting fails loudly, naming it."""
+
+import pytest
+
+from worker.config import Settings
+from worker.errors import ConfigError
+
+GOOD = {"AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/reader", "ID_TOKEN_AUDIENCE": "//aud"}
+
+
+def test_defaults():
+    s = Settings.from_env(GOOD)
+    assert s.role_arn == GOOD["AWS_ROLE_ARN"] and s.audience == "//aud"
+    assert s.region == "us-east-1" and s.allowed_buckets == frozenset() and s.reply_topic is None
+    assert s.read_concurrency == 32 and s.sts_duration_seconds == 3600
+
+
+def test_missing_required_settings_are_all_named():
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({})
+    assert "AWS_ROLE_ARN" in str(info.value) and "ID_TOKEN_AUDIENCE" in str(info.value)
+    assert len(info.value.problems) == 2
+
+
+@pytest.mark.parametrize(("extra", "fragment"), [
+    ({"AWS_ROLE_ARN": "not-an-arn"}, "AWS_ROLE_ARN is not an IAM role ARN"),
+    ({"REPLY_TOPIC": "results"}, "REPLY_TOPIC is a short name"),
+    ({"REPLY_TOPIC": "projects/p/subscriptions/s"}, "REPLY_TOPIC must look like"),
+    ({"READ_CONCURRENCY": "many"}, "READ_CONCURRENCY must be an integer"),
+    ({"READ_CONCURRENCY": "0"}, "between 1 and 256"),
+    ({"STS_DURATION_SECONDS": "60"}, "between 900 and 43200"),
+])
+def test_bad_settings(extra, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.from_env(GOOD | extra)
+
+
+def test_values_are_parsed():
+    s = Settings.from_env(GOOD | {"REPLY_TOPIC": "results", "GOOGLE_CLOUD_PROJECT": "proj", "AWS_REGION": "eu-west-1",
+                                  "ALLOWED_BUCKETS": " a-bucket, b-bucket ,,", "K_SERVICE": "svc"})
+    assert s.reply_topic == "projects/proj/topics/results"
+    assert s.region == "eu-west-1"
+    assert s.allowed_buckets == {"a-bucket", "b-bucket"}
+    assert s.service == "svc"
+
+
+def test_reply_topic_is_required_only_to_answer_pubsub():
+    with pytest.raises(ConfigError, match="REPLY_TOPIC"):
+        Settings.from_env(GOOD).require_reply_topic()
