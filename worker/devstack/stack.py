@@ -127,6 +127,23 @@ class LocalStack:
         return [sys.executable, "-m", "functions_framework", "--target", target, "--signature-type", signature,
                 "--source", str(REPO / "main.py"), "--host", "127.0.0.1", "--port", "{port}"]
 
+    def start_function(self, name: str, target: str = "handle_pubsub", **env: str) -> Service:
+        """Start one more function process (a cold instance), with settings overridden by ``env``."""
+        signature = "cloudevent" if target == "handle_pubsub" else "http"
+        service = self._service(name, self._ff_argv(target, signature), env=self.function_env() | env)
+        service.start()
+        return service.wait_ready()
+
+    def add_push_subscription(self, topic_id: str, function: Service, **settings) -> str:
+        """A new jobs topic whose push subscription feeds ``function``; return the topic path."""
+        topic = f"projects/{self.project}/topics/{topic_id}"
+        self.publisher.create_topic(name=topic)
+        self.subscriber.create_subscription(request={
+            "name": f"projects/{self.project}/subscriptions/{topic_id}-push", "topic": topic,
+            "push_config": {"push_endpoint": f"http://{function.address}/{topic}"},
+            "ack_deadline_seconds": self.ack_deadline, **settings})
+        return topic
+
     # -- what the function sees -------------------------------------------------------------
 
     @property
@@ -245,10 +262,10 @@ class LocalStack:
             "name": self.reply_subscription, "topic": self.reply_topic, "ack_deadline_seconds": 60})
         self.inbox = ResultInbox(self.subscriber, self.reply_subscription)
 
-    def publish_job(self, job: dict | bytes | str, **attributes: str) -> str:
+    def publish_job(self, job: dict | bytes | str, *, topic: str | None = None, **attributes: str) -> str:
         """Publish a job (a dict as JSON, or raw bytes) to the jobs topic; return its message ID."""
         data = job if isinstance(job, bytes) else (job.encode() if isinstance(job, str) else json.dumps(job).encode())
-        return self.publisher.publish(self.jobs_topic, data, **attributes).result(timeout=30)
+        return self.publisher.publish(topic or self.jobs_topic, data, **attributes).result(timeout=30)
 
     def post_job(self, job: dict | bytes | str, timeout: float = 60) -> tuple[int, dict]:
         """POST a job to the HTTP entry point; return (status, result JSON)."""

@@ -1,0 +1,44 @@
+"""The retry contract through the real stack: retryable faults raise (Pub/Sub redelivers), nothing is lost."""
+
+import time
+
+import requests
+
+from worker.devstack.datasets import parquet_bytes, recipe_table
+
+
+def test_metadata_outage_is_retried_not_answered(stack, bucket):
+    stack.put_objects(bucket, {"x.parquet": parquet_bytes(recipe_table())})
+    cold = stack.start_function("function-cold")  # has never fetched credentials
+    topic = stack.add_push_subscription("jobs-cold", cold, retry_policy={
+        "minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 2}})
+    stack.metadata.unavailable = True
+    try:
+        stack.publish_job({"bucket": bucket, "prefix": "", "job_id": "through-an-outage"}, topic=topic)
+        deadline = time.monotonic() + 60
+        while "ERROR" not in cold.log_tail(200) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "through-an-outage" not in stack.inbox.by_job  # nothing answered while it cannot be done
+        assert "job will be retried" in cold.log_tail(400)
+    finally:
+        stack.metadata.unavailable = False
+    result, _ = stack.inbox.wait_one("through-an-outage", timeout=120)
+    assert result["status"] == "ok" and result["rows"] == 3
+    for _ in range(3):
+        stack.inbox.drain()
+    assert len(stack.inbox.by_job["through-an-outage"]) == 1  # one answer, no federation_failed
+    cold.stop()
+
+
+def test_http_answers_503_for_a_retryable_fault(stack, bucket):
+    stack.put_objects(bucket, {"x.parquet": parquet_bytes(recipe_table())})
+    cold = stack.start_function("function-cold-http", target="handle_http", GCE_METADATA_HOST="127.0.0.1:9",
+                                GCE_METADATA_IP="127.0.0.1:9")  # nothing listens on port 9
+    try:
+        response = requests.post(f"http://{cold.address}/", json={"bucket": bucket, "prefix": ""}, timeout=120)
+        assert response.status_code == 503
+        error = response.json()["error"]
+        assert error["retryable"] is True and error["code"] == "unavailable"
+        assert "metadata server" in error["message"]
+    finally:
+        cold.stop()
