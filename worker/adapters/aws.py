@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import botocore.session
 from botocore.config import Config
@@ -47,6 +50,27 @@ def user_agent_token(job_id: str) -> str:
     return "job/" + _UA_BAD.sub("_", job_id)[:128]
 
 
+# The job whose request is being made in this thread: one shared client (one connection pool)
+# serves every job, and each request names its own job in the user agent.
+_JOB_USER_AGENT: ContextVar[str | None] = ContextVar("job_user_agent", default=None)
+
+
+def _add_job_user_agent(request, **_) -> None:
+    token = _JOB_USER_AGENT.get()
+    agent = request.headers.get("User-Agent", "")
+    if token and token not in agent:
+        request.headers["User-Agent"] = f"{agent} {token}".strip()
+
+
+@contextmanager
+def _as_job(token: str):
+    reset = _JOB_USER_AGENT.set(token)
+    try:
+        yield
+    finally:
+        _JOB_USER_AGENT.reset(reset)
+
+
 class _Provider(CredentialProvider):
     METHOD = "assume-role-with-web-identity"
 
@@ -77,6 +101,8 @@ class AwsFederation:
         self.credentials = DeferredRefreshableCredentials(
             refresh_using=fetcher.fetch_credentials, method=_Provider.METHOD)
         self.session.register_component("credential_provider", CredentialResolver([_Provider(self.credentials)]))
+        self._s3 = None
+        self._lock = threading.Lock()
 
     def ensure_credentials(self) -> None:
         """Have valid credentials now: call STS if none are cached or they are near expiry."""
@@ -92,19 +118,24 @@ class AwsFederation:
             raise FederationFailed(f"STS exchange failed: {e}", details={"step": "sts"}) from None
 
     def objects(self, bucket: str, job_id: str) -> S3Objects:
-        """One job's view of one bucket."""
-        return S3Objects(self.s3_client(job_id), bucket)
+        """One job's view of one bucket: its requests carry ``job/<job_id>`` in the user agent."""
+        return S3Objects(self.s3_client(), bucket, job_id)
 
-    def s3_client(self, job_id: str):
-        """An S3 client for one job: its requests carry ``job/<job_id>`` in the user agent."""
-        config = Config(
-            user_agent_extra=user_agent_token(job_id),
-            max_pool_connections=self.max_connections,
-            retries={"mode": "standard", "max_attempts": 5},
-            connect_timeout=5,
-            read_timeout=30,
-        )
-        return self.session.create_client("s3", region_name=self.region, config=config)
+    def s3_client(self):
+        """The instance's S3 client, made once: jobs share its connection pool."""
+        if self._s3 is None:
+            with self._lock:
+                if self._s3 is None:
+                    config = Config(
+                        max_pool_connections=self.max_connections,
+                        retries={"mode": "standard", "max_attempts": 5},
+                        connect_timeout=5,
+                        read_timeout=30,
+                    )
+                    client = self.session.create_client("s3", region_name=self.region, config=config)
+                    client.meta.events.register("before-sign.s3", _add_job_user_agent)
+                    self._s3 = client
+        return self._s3
 
 
 def translate(error: Exception, operation: str) -> Exception:
@@ -125,24 +156,31 @@ def translate(error: Exception, operation: str) -> Exception:
 class S3Objects:
     """Listing and ranged reads of one bucket, errors translated."""
 
-    def __init__(self, client, bucket: str):
+    def __init__(self, client, bucket: str, job_id: str):
         self._client = client
         self.bucket = bucket
+        self.user_agent = user_agent_token(job_id)
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         """(key, size) of every object whose key starts with ``prefix``, literally."""
         paginator = self._client.get_paginator("list_objects_v2")
-        try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                for obj in page.get("Contents", ()):
-                    yield obj["Key"], int(obj["Size"])
-        except (ClientError, BotoCoreError) as e:
-            raise translate(e, "ListObjectsV2") from None
+        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=prefix))
+        while True:
+            try:
+                with _as_job(self.user_agent):
+                    page = next(pages, None)
+            except (ClientError, BotoCoreError) as e:
+                raise translate(e, "ListObjectsV2") from None
+            if page is None:
+                return
+            for obj in page.get("Contents", ()):
+                yield obj["Key"], int(obj["Size"])
 
     def fetch(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``start``..``end`` inclusive of one object."""
         try:
-            response = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end}")
-            return response["Body"].read()
+            with _as_job(self.user_agent):
+                response = self._client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end}")
+                return response["Body"].read()
         except (ClientError, BotoCoreError) as e:
             raise translate(e, "GetObject") from None
