@@ -3,6 +3,8 @@
 import json
 import re
 
+import requests
+
 from worker.devstack.datasets import parquet_bytes, recipe_table
 
 JWT = re.compile(r"eyJ[\w-]{10,}\.[\w-]{10,}\.[\w-]{10,}")
@@ -54,3 +56,27 @@ def test_no_credential_or_token_in_results_or_logs(stack, bucket, run_job):
         # Say where, never what: the failure message must not print a secret either.
         assert not leaked, f"{len(leaked)} credential value(s) appear in the {name}"
         assert not JWT.search(text), f"something shaped like a JWT appears in the {name}"
+
+
+def test_every_s3_request_of_a_job_names_the_job_in_its_user_agent(stack, bucket):
+    from worker.devstack.proxy import RecordingProxy
+
+    objects = {f"ua/part-{i}.parquet": parquet_bytes(recipe_table()) for i in range(3)}
+    stack.put_objects(bucket, objects)
+    with RecordingProxy(stack.aws_endpoint) as proxy:
+        fn = stack.start_function("function-ua", target="handle_http", AWS_ENDPOINT_URL=proxy.url)
+        try:
+            response = requests.post(f"http://{fn.address}/", timeout=60,
+                                     json={"bucket": bucket, "prefix": "ua/", "job_id": "ua-check-1"})
+            assert response.status_code == 200 and response.json()["files"] == 3
+            response = requests.post(f"http://{fn.address}/", timeout=60,
+                                     json={"bucket": bucket, "prefix": "ua/", "job_id": "ua-check-2"})
+            assert response.status_code == 200
+        finally:
+            fn.stop()
+    s3 = [s for s in proxy.seen if s.path.startswith(f"/{bucket}")]
+    sts = [s for s in proxy.seen if s not in s3]
+    assert len(s3) == 2 * (1 + 3)  # per job: one listing, one footer read per file
+    assert all(("job/ua-check-1" in s.user_agent) != ("job/ua-check-2" in s.user_agent) for s in s3)
+    assert sum("job/ua-check-1" in s.user_agent for s in s3) == 4
+    assert len(sts) == 1 and sts[0].method == "POST"  # one STS call for both jobs

@@ -42,3 +42,30 @@ def test_http_answers_503_for_a_retryable_fault(stack, bucket):
         assert "metadata server" in error["message"]
     finally:
         cold.stop()
+
+
+def test_s3_throttling_is_retried_inside_the_job_then_handed_back(stack, bucket):
+    from worker.devstack.proxy import RecordingProxy
+
+    stack.put_objects(bucket, {f"t/part-{i}.parquet": parquet_bytes(recipe_table()) for i in range(4)})
+    with RecordingProxy(stack.aws_endpoint, fail_rate=0.3, seed=3) as proxy:
+        fn = stack.start_function("function-throttled", target="handle_http", AWS_ENDPOINT_URL=proxy.url)
+        try:
+            # some throttling: botocore's retries absorb it and the job succeeds
+            for i in range(3):
+                response = requests.post(f"http://{fn.address}/", timeout=120,
+                                         json={"bucket": bucket, "prefix": "t/", "job_id": f"throttled-{i}"})
+                assert response.status_code == 200 and response.json()["rows"] == 12
+            assert any(s.injected for s in proxy.seen)
+            # constant throttling: the job gives up with a retryable error, for Pub/Sub to redeliver
+            proxy.fail_rate = 1.0
+            response = requests.post(f"http://{fn.address}/", timeout=120,
+                                     json={"bucket": bucket, "prefix": "t/", "job_id": "throttled-hard"})
+            assert response.status_code == 503
+            error = response.json()["error"]
+            assert error["code"] == "throttled" and error["retryable"] is True
+            assert "SlowDown" in error["message"]
+            attempts = [s for s in proxy.seen if "job/throttled-hard" in s.user_agent]
+            assert len(attempts) == 5  # botocore's standard mode: 5 attempts, then the job is handed back
+        finally:
+            fn.stop()

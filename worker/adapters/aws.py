@@ -128,7 +128,7 @@ class AwsFederation:
                 if self._s3 is None:
                     config = Config(
                         max_pool_connections=self.max_connections,
-                        retries={"mode": "standard", "max_attempts": 5},
+                        retries={"mode": "standard", "total_max_attempts": 5},
                         connect_timeout=5,
                         read_timeout=30,
                     )

@@ -1,0 +1,50 @@
+"""The README's first command: the demo runs the main job and leaves nothing running, also on Ctrl-C."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def open_files_under(folder: Path) -> list[str]:
+    """Processes that still hold a file under ``folder`` open (the stack's children hold their logs)."""
+    holders = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(str(folder)):
+                    holders.append(pid)
+                    break
+        except OSError:
+            continue
+    return holders
+
+
+def test_demo_prints_results_and_stops_everything(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "worker", "demo", "--workdir", str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert '"rows": 3' in run.stdout and '"columns": 4' in run.stdout
+    assert '"rows": 30000' in run.stdout and '"partition_columns": [\n    "dt"\n  ]' in run.stdout
+    assert "over HTTP: 200 rows=3 columns=4" in run.stderr
+    assert open_files_under(tmp_path) == []
+
+
+def test_ctrl_c_stops_the_whole_stack(tmp_path):
+    demo = subprocess.Popen([sys.executable, "-m", "worker", "demo", "--workdir", str(tmp_path)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        for line in demo.stderr:
+            if "stack ready" in line or time.monotonic() > deadline:
+                break
+        assert open_files_under(tmp_path), "the stack should be running now"
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=60) == 130
+    finally:
+        demo.kill()
+    assert open_files_under(tmp_path) == []
