@@ -14,12 +14,15 @@ _lock = threading.Lock()
 _worker: Worker | None = None
 
 
-def build_worker(settings: Settings) -> Worker:
-    """A Worker wired to STS/S3 (via the metadata server's ID token) and to the reply topic."""
-    from worker.adapters.aws import AwsFederation, role_session_name
+def build_storage(settings: Settings):
+    """S3 access: federated when a role is configured (always, in the function), else boto3's default chain."""
+    from worker.adapters.aws import AwsStorage, role_session_name
+
+    if not settings.role_arn:
+        return AwsStorage.default_chain(region=settings.region, max_connections=settings.read_concurrency)
     from worker.adapters.google import MetadataIdTokenSource
 
-    storage = AwsFederation(
+    return AwsStorage.federated(
         settings.role_arn,
         MetadataIdTokenSource(settings.audience),
         session_name=role_session_name(settings.service, settings.revision),
@@ -27,6 +30,11 @@ def build_worker(settings: Settings) -> Worker:
         duration_seconds=settings.sts_duration_seconds,
         max_connections=settings.read_concurrency,
     )
+
+
+def build_worker(settings: Settings) -> Worker:
+    """A Worker wired to STS/S3 (via the metadata server's ID token) and to the reply topic."""
+    storage = build_storage(settings)
     publisher = None
     if settings.reply_topic:
         from worker.adapters.pubsub import ResultPublisher

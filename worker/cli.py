@@ -1,5 +1,11 @@
 """``python -m worker ...``: the command line.
 
+``summarize s3://bucket/prefix`` runs the function's own code path on one prefix: it federates
+as the function does when AWS_ROLE_ARN is set, and otherwise uses boto3's default credential
+chain. On a terminal it prints a table (and a progress bar on stderr); otherwise exactly one
+line, the result JSON the function would publish. Exit status: 0 ok, 1 a permanent error,
+2 an invalid job or setting, 75 a retryable fault.
+
 ``demo`` runs the main job on the local stack: it starts Google's Pub/Sub emulator, moto,
 the metadata double and the function, publishes jobs for the sample dataset, prints their
 result messages and stops everything again (also on Ctrl-C).
@@ -26,6 +32,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     # SIGTERM ends the demo like Ctrl-C does, so the stack is always torn down.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Also when started with SIGINT ignored (a background job of a shell), Ctrl-C must stop the stack.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="worker-demo-"))
     _say(f"starting the local stack (Pub/Sub emulator, moto, metadata double, function); logs in {workdir}")
     started = time.monotonic()
@@ -55,12 +63,143 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_RETRY = 0, 1, 2, 75
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    import dataclasses
+    import os
+
+    from worker.app import build_storage
+    from worker.config import Settings
+    from worker.errors import WorkerError
+    from worker.jobs import InvalidJobMessage, JobRef, new_job_id, validate_job
+    from worker.results import error_result
+    from worker.service import Worker
+
+    job_id = args.job_id or f"cli-{new_job_id()[:12]}"
+    payload: dict = {"mode": args.mode, "job_id": job_id}
+    if not args.url.startswith("s3://"):
+        payload["bucket"] = None
+    else:
+        bucket, _, prefix = args.url[len("s3://"):].partition("/")
+        payload |= {"bucket": bucket, "prefix": prefix}
+    if args.columns:
+        payload["columns"] = [c.strip() for c in args.columns.split(",") if c.strip()]
+    try:
+        if "bucket" in payload and payload["bucket"] is None:
+            raise InvalidJobMessage(f"expected s3://bucket/prefix, got {args.url!r}", JobRef(job_id=job_id))
+        job = validate_job(payload, fallback_id=job_id)
+        settings = Settings.from_env(require_role=False)
+    except WorkerError as e:
+        ref = getattr(e, "ref", JobRef(job_id=job_id))
+        return _emit(error_result(ref, e), EXIT_INVALID)
+    # Off the function there is no 540 s limit: a job runs to the end unless JOB_DEADLINE_SECONDS says otherwise.
+    if not os.environ.get("JOB_DEADLINE_SECONDS"):
+        settings = dataclasses.replace(settings, job_deadline_seconds=7 * 24 * 3600)
+    worker = Worker(settings, build_storage(settings))
+    progress = _ProgressBar() if sys.stderr.isatty() else None
+    try:
+        result = worker.run(job, on_progress=progress)
+    except WorkerError as e:
+        result = error_result(job, e)
+    finally:
+        if progress is not None:
+            progress.close()
+    status = EXIT_OK if result["status"] == "ok" else (EXIT_RETRY if result["error"]["retryable"] else EXIT_ERROR)
+    return _emit(result, status)
+
+
+def _emit(result: dict, status: int) -> int:
+    if sys.stdout.isatty():
+        print(render_table(result))
+    else:
+        print(json.dumps(result, separators=(",", ":"), ensure_ascii=False), flush=True)
+    return status
+
+
+class _ProgressBar:
+    """A one-line progress bar on stderr, shown only for jobs that take a while."""
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+        self._shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if time.monotonic() - self._started < 0.5 and not self._shown:
+            return
+        width = 30
+        filled = width * done // max(total, 1)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} objects")
+        sys.stderr.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        if self._shown:
+            sys.stderr.write("\n")
+
+
+def render_table(result: dict) -> str:
+    """A result as text for a person at a terminal."""
+    where = f"s3://{result['bucket']}/{result['prefix']}"
+    if result["status"] != "ok":
+        error = result["error"]
+        lines = [f"{where}: {error['code']}: {error['message']}"]
+        lines += [f"  - {p}" for p in error.get("problems", [])]
+        return "\n".join(lines)
+    lines = [f"{where}: {result['rows']:,} rows x {result['columns']} columns in {result['files']} files "
+             f"({result['bytes']:,} bytes, {result['row_groups']} row groups) "
+             f"in {result['timings_ms']['total'] / 1000:.2f}s"]
+    profile = result.get("profile") or {}
+    header = ["column", "type", "nulls", "min", "max"]
+    if profile:
+        header += ["distinct~", "mean", "stddev", "q25~", "q50~", "q75~"]
+    rows = [header]
+    for column in result["schema"]:
+        name = column["name"]
+        stats = result["statistics"].get(name, {})
+        p = profile.get(name, {})
+        row = [name, column["type"] or "CONFLICT: " + "|".join(column.get("types", [])),
+               _cell(p.get("null_count", stats.get("null_count"))), _cell(p.get("min", stats.get("min"))),
+               _cell(p.get("max", stats.get("max")))]
+        if profile:
+            quartiles = p.get("quartiles_approx") or [None] * 3
+            row += [_cell(p.get("distinct_approx")), _cell(p.get("mean")), _cell(p.get("stddev")),
+                    *(_cell(q) for q in quartiles)]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if result["partition_columns"]:
+        lines.append(f"partition columns: {', '.join(result['partition_columns'])}")
+    if result.get("missing_columns"):
+        lines.append(f"columns not found: {', '.join(result['missing_columns'])}")
+    if result["skipped_count"]:
+        lines.append(f"skipped {result['skipped_count']} objects, for example:")
+        lines += [f"  {s['key']}: {s['reason']}" for s in result["skipped"][:5]]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = str(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the main job end to end on the local stack")
     demo.add_argument("--workdir", help="where the stack keeps its logs (default: a new temporary folder)")
     demo.set_defaults(func=cmd_demo)
+    summarize = sub.add_parser("summarize", help="summarize the Parquet objects under s3://bucket/prefix")
+    summarize.add_argument("url", help="s3://bucket/prefix (the prefix is literal, not a glob)")
+    summarize.add_argument("--mode", choices=["metadata", "full"], default="metadata")
+    summarize.add_argument("--columns", help="comma-separated top-level columns to summarize")
+    summarize.add_argument("--job-id", help="the job ID (default: cli-<random>)")
+    summarize.set_defaults(func=cmd_summarize)
     return parser
 
 

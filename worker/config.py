@@ -22,6 +22,8 @@ AWS_REGION = "AWS_REGION"
 ALLOWED_BUCKETS = "ALLOWED_BUCKETS"
 READ_CONCURRENCY = "READ_CONCURRENCY"
 STS_DURATION_SECONDS = "STS_DURATION_SECONDS"
+JOB_DEADLINE_SECONDS = "JOB_DEADLINE_SECONDS"
+FULL_MODE_CONCURRENCY = "FULL_MODE_CONCURRENCY"
 K_SERVICE = "K_SERVICE"
 K_REVISION = "K_REVISION"
 
@@ -41,12 +43,18 @@ class Settings:
     allowed_buckets: frozenset[str] = frozenset()
     read_concurrency: int = 32
     sts_duration_seconds: int = 3600
+    job_deadline_seconds: int = 480
+    full_mode_concurrency: int = 4
     service: str = "parquet-summary"
     revision: str = "local"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read and check the settings; raise ConfigError naming every bad variable."""
+    def from_env(cls, env: Mapping[str, str] | None = None, *, require_role: bool = True) -> Settings:
+        """Read and check the settings; raise ConfigError naming every bad variable.
+
+        ``require_role=False`` (the CLI) makes AWS_ROLE_ARN optional: without it, boto3's
+        default credential chain is used; with it, ID_TOKEN_AUDIENCE is required as usual.
+        """
         env = os.environ if env is None else env
         problems: list[str] = []
 
@@ -54,13 +62,15 @@ class Settings:
             return env.get(name, "").strip()
 
         role_arn = get(AWS_ROLE_ARN)
-        if not role_arn:
+        if not role_arn and not require_role:
+            pass
+        elif not role_arn:
             problems.append(f"{AWS_ROLE_ARN} is required (the IAM role to assume, arn:aws:iam::ACCOUNT:role/NAME)")
         elif not _ROLE_ARN.match(role_arn):
             problems.append(f"{AWS_ROLE_ARN} is not an IAM role ARN: {role_arn!r}")
         audience = get(ID_TOKEN_AUDIENCE)
-        if not audience:
-            problems.append(f"{ID_TOKEN_AUDIENCE} is required "
+        if not audience and (role_arn or require_role):
+            problems.append(f"{ID_TOKEN_AUDIENCE} is required with {AWS_ROLE_ARN} "
                             "(the audience of the Google ID token, as in the role's trust policy)")
         project = get(GOOGLE_CLOUD_PROJECT) or None
         reply_topic = get(REPLY_TOPIC) or None
@@ -74,6 +84,9 @@ class Settings:
             problems.append(f"{REPLY_TOPIC} must look like projects/P/topics/T: {reply_topic!r}")
         read_concurrency = _int(get(READ_CONCURRENCY), READ_CONCURRENCY, 32, 1, 256, problems)
         duration = _int(get(STS_DURATION_SECONDS), STS_DURATION_SECONDS, 3600, 900, 43200, problems)
+        # Event-driven functions stop at 540 s: by default a job stops at 480 s and says how far it got.
+        deadline = _int(get(JOB_DEADLINE_SECONDS), JOB_DEADLINE_SECONDS, 480, 1, 3600, problems)
+        full_concurrency = _int(get(FULL_MODE_CONCURRENCY), FULL_MODE_CONCURRENCY, 4, 1, 64, problems)
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems), problems=problems)
         return cls(
@@ -85,6 +98,8 @@ class Settings:
             allowed_buckets=frozenset(b.strip() for b in get(ALLOWED_BUCKETS).split(",") if b.strip()),
             read_concurrency=read_concurrency,
             sts_duration_seconds=duration,
+            job_deadline_seconds=deadline,
+            full_mode_concurrency=full_concurrency,
             service=get(K_SERVICE) or "parquet-summary",
             revision=get(K_REVISION) or "local",
         )

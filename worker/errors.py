@@ -64,6 +64,12 @@ class FederationFailed(WorkerError):
     code = "federation_failed"
 
 
+class DeadlineExceeded(WorkerError):
+    """Raised when a job stops before its deadline (JOB_DEADLINE_SECONDS); details say how far it got."""
+
+    code = "deadline_exceeded"
+
+
 class Retryable(WorkerError):
     """Raised for faults a later attempt can get past: throttling, 5xx, network, STS unavailable."""
 

@@ -35,6 +35,8 @@ class Job:
     message_id: str | None = None
     attributes: Mapping[str, str] = field(default_factory=dict)
     publish_time: str | None = None
+    mode: str = "metadata"
+    columns: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class JobRef:
     message_id: str | None = None
     bucket: str | None = None
     prefix: str | None = None
+    mode: str | None = None
 
 
 class InvalidJobMessage(InvalidJob):
@@ -116,6 +119,8 @@ def validate_job(payload: Any, *, message_id: str | None = None, attributes: Map
         message_id=message_id,
         attributes=dict(attributes or {}),
         publish_time=publish_time,
+        mode=payload.get("mode", "metadata"),
+        columns=tuple(payload["columns"]) if "columns" in payload else None,
     )
 
 
@@ -148,8 +153,9 @@ def _best_effort_ref(payload: dict, fallback_id: str, message_id: str | None) ->
     job_id = payload.get("job_id")
     if not (isinstance(job_id, str) and _validator().is_valid({"bucket": "abc", "prefix": "", "job_id": job_id})):
         job_id = fallback_id
+    mode = payload.get("mode", "metadata")
     return JobRef(job_id=job_id, message_id=message_id, bucket=_echo(payload.get("bucket")),
-                  prefix=_echo(payload.get("prefix")))
+                  prefix=_echo(payload.get("prefix")), mode=mode if mode in ("metadata", "full") else None)
 
 
 def _echo(value: Any) -> str | None:

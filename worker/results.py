@@ -26,6 +26,7 @@ def _base(ref: Job | JobRef, status: str, timings: dict[str, float] | None) -> d
         "timings_ms": {k: round(v, 1) for k, v in (timings or {}).items()},
         "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "worker_version": __version__,
+        **({"mode": ref.mode} if ref.mode else {}),
     }
 
 

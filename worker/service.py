@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 from worker.config import Settings
-from worker.errors import Forbidden, NotFound, WorkerError
+from worker.errors import DeadlineExceeded, Forbidden, NotFound, WorkerError
 from worker.jobs import InvalidJobMessage, Job, job_from_pubsub, parse_job
 from worker.results import error_result, ok_result
-from worker.summary import Summary, skip_reason, summarize_object
+from worker.summary import DeadlineReached, Summary, SummaryBuilder, skip_reason, summarize_object
 
 log = logging.getLogger("worker")
 
@@ -78,10 +78,11 @@ class Worker:
 
     # -- one job ----------------------------------------------------------------------
 
-    def run(self, job: Job) -> dict:
+    def run(self, job: Job, on_progress: Progress | None = None) -> dict:
         """Summarize one job. Returns an ok or permanent-error result; raises retryable errors."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
+        deadline = time.monotonic() + self.settings.job_deadline_seconds
         try:
             if self.settings.allowed_buckets and job.bucket not in self.settings.allowed_buckets:
                 raise Forbidden(f"bucket {job.bucket!r} is not in ALLOWED_BUCKETS")
@@ -90,8 +91,19 @@ class Worker:
             store = self.storage.objects(job.bucket, job.job_id)
             with _phase(timings, "listing"):
                 listed = list(store.list(job.prefix))
+            full = job.mode == "full"
             with _phase(timings, "reading"):
-                summary = summarize_listing(store, listed, self.settings.read_concurrency)
+                try:
+                    summary = summarize_listing(
+                        store, listed, mode=job.mode, columns=job.columns, deadline=deadline,
+                        concurrency=self.settings.full_mode_concurrency if full else self.settings.read_concurrency,
+                        on_progress=on_progress)
+                except DeadlineReached as e:
+                    raise DeadlineExceeded(
+                        f"stopped at the {self.settings.job_deadline_seconds}s job deadline after reading "
+                        f"{e.args[1]} of {e.args[2]} Parquet objects; split the prefix into smaller jobs",
+                        details={"files_read": e.args[1], "files_total": e.args[2],
+                                 "deadline_seconds": self.settings.job_deadline_seconds}) from None
             if summary.files == 0 and not any(skip_reason(k, s) is None for k, s in listed):
                 raise NotFound(_nothing_found(job, len(listed)))
         except WorkerError as e:
@@ -101,47 +113,86 @@ class Worker:
                 raise
             return error_result(job, e, timings)
         timings["total"] = _ms_since(started)
-        return ok_result(job, summary.to_dict(), timings)
+        fields = summary.to_dict()
+        if job.columns is not None:
+            fields["missing_columns"] = sorted(set(job.columns) - set(summary.fields) - summary.partition_columns)
+        return ok_result(job, fields, timings)
 
 
-def summarize_listing(store: ObjectStore, listed: list[tuple[str, int]], concurrency: int) -> Summary:
-    """Merge the summaries of every listed object, reading footers with at most ``concurrency`` in flight."""
-    total = Summary()
+Progress = Callable[[int, int], None]
+"""Called with (objects done, objects to read) as a job advances."""
+
+
+def summarize_listing(store: ObjectStore, listed: list[tuple[str, int]], *, concurrency: int,
+                      mode: str = "metadata", columns: Collection[str] | None = None,
+                      deadline: float | None = None, clock: Callable[[], float] = time.monotonic,
+                      on_progress: Progress | None = None) -> Summary:
+    """Merge the summaries of every listed object, with at most ``concurrency`` objects in flight.
+
+    Raises DeadlineReached(key, done, total) once ``clock()`` passes ``deadline``: no new
+    object is started, and in full mode no new row group.
+    """
+    total = SummaryBuilder()
     to_read = []
     for key, size in listed:
         reason = skip_reason(key, size)
         if reason is None:
             to_read.append((key, size))
         else:
-            total = total.merge(Summary.of_skipped(key, reason))
+            total.add(Summary.of_skipped(key, reason))
     if not to_read:
-        return total
+        return total.build()
+    wanted = frozenset(columns) if columns is not None else None
+
+    def late() -> bool:
+        return deadline is not None and clock() > deadline
 
     def one(item: tuple[str, int]) -> Summary:
         key, size = item
+
+        def fetch(start: int, end: int) -> bytes:
+            return store.fetch(key, start, end)
+
         try:
-            return summarize_object(key, size, lambda start, end: store.fetch(key, start, end))
+            if mode == "full":
+                from worker.profile import profile_object  # numpy and sketches only for full mode
+
+                return profile_object(key, size, fetch, columns=wanted, should_stop=late)
+            return summarize_object(key, size, fetch, wanted)
         except NotFound:
             return Summary.of_skipped(key, "object disappeared after it was listed")
 
-    pending = iter(to_read)
-    with ThreadPoolExecutor(max_workers=min(concurrency, len(to_read)), thread_name_prefix="footer") as pool:
-        in_flight = set()
+    done = 0
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(to_read)), thread_name_prefix="reader") as pool:
+        in_flight: set = set()
+
+        def collect(futures) -> None:
+            nonlocal done
+            for future in futures:
+                total.add(future.result())
+                done += 1
+                if on_progress is not None:
+                    on_progress(done, len(to_read))
+
         try:
-            # Keep a bounded window in flight, so memory does not grow with the prefix.
-            for item in pending:
+            # A bounded window in flight, so memory does not grow with the prefix.
+            for item in to_read:
+                if late():
+                    raise DeadlineReached(item[0], done, len(to_read))
                 in_flight.add(pool.submit(one, item))
                 if len(in_flight) >= 2 * concurrency:
-                    done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        total = total.merge(future.result())
+                    finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                    collect(finished)
+            collect(in_flight)
+        except DeadlineReached as e:
             for future in in_flight:
-                total = total.merge(future.result())
+                future.cancel()
+            raise DeadlineReached(e.args[0], done, len(to_read)) from None
         except BaseException:
             for future in in_flight:
                 future.cancel()
             raise
-    return total
+    return total.build()
 
 
 def _nothing_found(job: Job, listed: int) -> str:

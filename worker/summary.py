@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -30,6 +30,10 @@ _PARTITION = re.compile(r"^([^=/]+)=([^/]*)$")
 
 class UnreadableFile(Exception):
     """Raised when an object cannot be read as Parquet; the message is the skip reason."""
+
+
+class DeadlineReached(Exception):
+    """Raised when a job must stop before its deadline; the message names where it stopped."""
 
 
 Fetch = Callable[[int, int], bytes]
@@ -81,10 +85,10 @@ def skip_reason(key: str, size: int) -> str | None:
     return None
 
 
-def summarize_object(key: str, size: int, fetch: Fetch) -> Summary:
+def summarize_object(key: str, size: int, fetch: Fetch, columns: Collection[str] | None = None) -> Summary:
     """The summary of one ``.parquet`` object from its footer; unreadable objects become skips."""
     try:
-        return Summary.of_file(key, size, read_footer(size, fetch))
+        return Summary.of_file(key, size, read_footer(size, fetch), columns)
     except UnreadableFile as e:
         return Summary.of_skipped(key, str(e))
     except (pa.ArrowException, ValueError, OSError) as e:  # a footer pyarrow decodes but cannot map
@@ -152,7 +156,12 @@ def _safe(pick, a, b):
 
 @dataclass(frozen=True)
 class Summary:
-    """A mergeable summary of Parquet objects. ``Summary()`` is the identity of ``merge``."""
+    """A mergeable summary of Parquet objects. ``Summary()`` is the identity of ``merge``.
+
+    ``profiles`` (full mode) holds one :class:`worker.profile.ColumnProfile` per column; any
+    object with ``merge``/``absorb``/``copy``/``to_dict`` serves, so this module needs no
+    numpy or sketch library.
+    """
 
     files: int = 0
     rows: int = 0
@@ -163,19 +172,28 @@ class Summary:
     partition_columns: frozenset[str] = frozenset()
     skipped: tuple[tuple[str, str], ...] = ()
     skipped_count: int = 0
+    compression: frozenset[str] = frozenset()
+    created_by: frozenset[str] = frozenset()
+    profiles: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of_file(cls, key: str, size: int, md: pq.FileMetaData) -> Summary:
-        """The summary of one readable Parquet object, from its footer alone."""
+    def of_file(cls, key: str, size: int, md: pq.FileMetaData, columns: Collection[str] | None = None,
+                profiles: Mapping[str, Any] | None = None) -> Summary:
+        """The summary of one readable Parquet object from its footer; ``columns`` limits the statistics."""
         schema = md.schema.to_arrow_schema()
         fields = {f.name: FieldInfo(frozenset([str(f.type)]), 1, i) for i, f in enumerate(schema)}
-        leaves = [md.schema.column(j) for j in range(md.num_columns)]
         stats: dict[str, ColumnStats] = {}
-        for j, leaf in enumerate(leaves):
+        codecs: set[str] = set()
+        for j in range(md.num_columns):
+            leaf = md.schema.column(j)
+            if columns is not None and leaf.path.split(".", 1)[0] not in columns:
+                continue
             kind = frozenset([f"{leaf.physical_type}/{leaf.logical_type}"])
             acc = ColumnStats(types=kind, position=j, null_count=0, has_min_max=True)
             for r in range(md.num_row_groups):
-                acc = acc.merge(_chunk_stats(md.row_group(r).column(j), kind, j))
+                chunk = md.row_group(r).column(j)
+                codecs.add(chunk.compression)
+                acc = acc.merge(_chunk_stats(chunk, kind, j))
             stats[leaf.path] = acc
         return cls(
             files=1,
@@ -185,6 +203,9 @@ class Summary:
             fields=fields,
             stats=stats,
             partition_columns=frozenset(partition_values(key)),
+            compression=frozenset(codecs),
+            created_by=frozenset([md.created_by or "unknown"]),
+            profiles=dict(profiles or {}),
         )
 
     @classmethod
@@ -193,26 +214,18 @@ class Summary:
         return cls(skipped=((key, reason),), skipped_count=1)
 
     def merge(self, other: Summary) -> Summary:
-        """Combine two summaries of disjoint sets of objects."""
-        return Summary(
-            files=self.files + other.files,
-            rows=self.rows + other.rows,
-            bytes=self.bytes + other.bytes,
-            row_groups=self.row_groups + other.row_groups,
-            fields=_merge_maps(self.fields, other.fields),
-            stats=_merge_maps(self.stats, other.stats),
-            partition_columns=self.partition_columns | other.partition_columns,
-            # Keep the first keys in key order, so the listed sample does not depend on merge order.
-            skipped=tuple(sorted(set(self.skipped) | set(other.skipped)))[:MAX_SKIPPED_LISTED],
-            skipped_count=self.skipped_count + other.skipped_count,
-        )
+        """Combine two summaries of disjoint sets of objects (neither is changed)."""
+        builder = SummaryBuilder()
+        builder.add(self, copy=True)
+        builder.add(other, copy=True)
+        return builder.build()
 
     @classmethod
     def merge_all(cls, parts: Iterable[Summary]) -> Summary:
-        total = cls()
+        builder = SummaryBuilder()
         for part in parts:
-            total = total.merge(part)
-        return total
+            builder.add(part, copy=True)
+        return builder.build()
 
     def to_dict(self) -> dict:
         """The summary fields of a result message (JSON-ready)."""
@@ -232,7 +245,7 @@ class Summary:
             if len(st.types) > 1:
                 item["type_conflict"] = True
             statistics[path] = item
-        return {
+        out = {
             "rows": self.rows,
             "columns": len(self.fields),
             "files": self.files,
@@ -242,9 +255,62 @@ class Summary:
             "schema_conflicts": [e["name"] for e in schema if e["type"] is None],
             "statistics": statistics,
             "partition_columns": sorted(self.partition_columns),
+            "compression": sorted(self.compression),
+            "created_by": sorted(self.created_by),
             "skipped_count": self.skipped_count,
             "skipped": [{"key": k, "reason": r} for k, r in self.skipped],
         }
+        if self.profiles:
+            order = {name: i for i, name in enumerate(e["name"] for e in schema)}
+            out["profile"] = {name: p.to_dict() for name, p in
+                              sorted(self.profiles.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))}
+        return out
+
+
+class SummaryBuilder:
+    """Merges summaries in place: what a job uses to fold thousands of per-file parts cheaply.
+
+    ``add(part)`` takes ownership of the part's profiles unless ``copy`` is set.
+    """
+
+    def __init__(self) -> None:
+        self.files = self.rows = self.bytes = self.row_groups = self.skipped_count = 0
+        self.fields: dict[str, FieldInfo] = {}
+        self.stats: dict[str, ColumnStats] = {}
+        self.partition_columns: set[str] = set()
+        self.skipped: set[tuple[str, str]] = set()
+        self.compression: set[str] = set()
+        self.created_by: set[str] = set()
+        self.profiles: dict[str, Any] = {}
+
+    def add(self, part: Summary, *, copy: bool = False) -> None:
+        self.files += part.files
+        self.rows += part.rows
+        self.bytes += part.bytes
+        self.row_groups += part.row_groups
+        self.skipped_count += part.skipped_count
+        _merge_into(self.fields, part.fields)
+        _merge_into(self.stats, part.stats)
+        self.partition_columns |= part.partition_columns
+        self.compression |= part.compression
+        self.created_by |= part.created_by
+        if part.skipped:
+            # Keep the first keys in key order, so the listed sample does not depend on merge order.
+            self.skipped = set(sorted(self.skipped | set(part.skipped))[:MAX_SKIPPED_LISTED])
+        for name, profile in part.profiles.items():
+            if name in self.profiles:
+                self.profiles[name].absorb(profile)
+            else:
+                self.profiles[name] = profile.copy() if copy else profile
+
+    def build(self) -> Summary:
+        return Summary(
+            files=self.files, rows=self.rows, bytes=self.bytes, row_groups=self.row_groups,
+            fields=dict(self.fields), stats=dict(self.stats), partition_columns=frozenset(self.partition_columns),
+            skipped=tuple(sorted(self.skipped)), skipped_count=self.skipped_count,
+            compression=frozenset(self.compression), created_by=frozenset(self.created_by),
+            profiles={k: v.copy() for k, v in self.profiles.items()},
+        )
 
 
 def _chunk_stats(chunk, kind: frozenset[str], position: int) -> ColumnStats:
@@ -260,11 +326,9 @@ def _chunk_stats(chunk, kind: frozenset[str], position: int) -> ColumnStats:
     return ColumnStats(types=kind, position=position, null_count=null_count, has_min_max=all_null)
 
 
-def _merge_maps(a: Mapping, b: Mapping) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = out[k].merge(v) if k in out else v
-    return out
+def _merge_into(into: dict, other: Mapping) -> None:
+    for k, v in other.items():
+        into[k] = into[k].merge(v) if k in into else v
 
 
 def to_json_value(value: Any) -> Any:
