@@ -44,7 +44,7 @@ class Settings:
     read_concurrency: int = 32
     sts_duration_seconds: int = 3600
     job_deadline_seconds: int = 480
-    full_mode_concurrency: int = 4
+    full_mode_concurrency: int = 2
     service: str = "parquet-summary"
     revision: str = "local"
 
@@ -86,7 +86,8 @@ class Settings:
         duration = _int(get(STS_DURATION_SECONDS), STS_DURATION_SECONDS, 3600, 900, 43200, problems)
         # Event-driven functions stop at 540 s: by default a job stops at 480 s and says how far it got.
         deadline = _int(get(JOB_DEADLINE_SECONDS), JOB_DEADLINE_SECONDS, 480, 1, 3600, problems)
-        full_concurrency = _int(get(FULL_MODE_CONCURRENCY), FULL_MODE_CONCURRENCY, 4, 1, 64, problems)
+        # Full mode is CPU-bound: objects in flight beyond the cores only add memory.
+        full_concurrency = _int(get(FULL_MODE_CONCURRENCY), FULL_MODE_CONCURRENCY, 2, 1, 64, problems)
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems), problems=problems)
         return cls(

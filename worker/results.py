@@ -58,4 +58,5 @@ def http_status(result: dict) -> int:
     error = result["error"]
     if error["retryable"]:
         return 503
-    return {"invalid_job": 400, "forbidden": 403, "not_found": 404, "federation_failed": 502}.get(error["code"], 500)
+    return {"invalid_job": 400, "forbidden": 403, "not_found": 404, "deadline_exceeded": 422,
+            "federation_failed": 502}.get(error["code"], 500)

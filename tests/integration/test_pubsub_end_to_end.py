@@ -152,3 +152,34 @@ def test_eventarc_cloudevent_binary_mode(stack, bucket, golden):
     assert response.status_code == 200
     result, _ = stack.inbox.wait_one("eventarc-binary")
     assert result["status"] == "ok" and result["files"] == 1
+
+
+def test_full_mode_job(stack, bucket, run_job):
+    objects = {f"full/dt=2026-01-0{d}/p.parquet": parquet_bytes(events_table(d, 1500), row_group_size=500)
+               for d in (1, 2)}
+    stack.put_objects(bucket, objects)
+    result, _, _ = run_job({"bucket": bucket, "prefix": "full/", "mode": "full", "columns": ["amount", "dt", "x"]})
+    assert result["status"] == "ok" and result["mode"] == "full"
+    assert set(result["profile"]) == {"amount", "dt"}
+    amount = result["profile"]["amount"]
+    assert amount["count"] + amount["null_count"] == 3000
+    assert amount["min"] == result["statistics"]["amount"]["min"]
+    assert result["profile"]["dt"]["partition"] is True and result["profile"]["dt"]["distinct_approx"] == 2
+    assert result["missing_columns"] == ["x"]
+
+
+def test_a_job_that_would_overrun_stops_at_its_deadline(stack, bucket):
+    objects = {f"slow/p{i:02d}.parquet": parquet_bytes(events_table(i, 20_000), row_group_size=2_000)
+               for i in range(30)}
+    stack.put_objects(bucket, objects)
+    fn = stack.start_function("function-deadline", target="handle_http", JOB_DEADLINE_SECONDS="1")
+    try:
+        response = requests.post(f"http://{fn.address}/", timeout=120,
+                                 json={"bucket": bucket, "prefix": "slow/", "mode": "full"})
+    finally:
+        fn.stop()
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "deadline_exceeded" and error["retryable"] is False
+    assert error["details"]["files_total"] == 30 and error["details"]["files_read"] < 30
+    assert "split the prefix" in error["message"]

@@ -5,7 +5,7 @@ import json
 import pytest
 from jsonschema import Draft202012Validator
 
-from worker.errors import Forbidden, InvalidJob, NotFound, Retryable, Throttled, WorkerError
+from worker.errors import DeadlineExceeded, Forbidden, InvalidJob, NotFound, Retryable, Throttled, WorkerError
 from worker.jobs import Job, JobRef, load_schema
 from worker.results import error_result, http_status, ok_result, to_message
 from worker.summary import Summary
@@ -55,7 +55,7 @@ def test_message_attributes_let_subscribers_filter():
 
 @pytest.mark.parametrize(("error", "status"), [
     (None, 200), (InvalidJob("x"), 400), (Forbidden("x"), 403), (NotFound("x"), 404), (Retryable("x"), 503),
-    (Throttled("x"), 503), (WorkerError("x"), 500),
+    (Throttled("x"), 503), (WorkerError("x"), 500), (DeadlineExceeded("x"), 422),
 ])
 def test_http_status(error, status):
     result = ok_result(JOB, Summary().to_dict()) if error is None else error_result(JOB, error)

@@ -1,0 +1,64 @@
+"""``python -m worker summarize`` against the local stack: the function's code path from a shell."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from worker.devstack.datasets import events_table, parquet_bytes, recipe_table
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(stack, *args: str, federate: bool = False, **env: str) -> tuple[int, list[str]]:
+    base = {k: v for k, v in stack.function_env().items() if k not in ("AWS_ROLE_ARN", "ID_TOKEN_AUDIENCE")}
+    if federate:
+        base |= {"AWS_ROLE_ARN": stack.role_arn, "ID_TOKEN_AUDIENCE": stack.audience}
+    else:  # boto3's default chain: the harness's own moto keys
+        keys = stack._admin_keys
+        base |= {"AWS_ACCESS_KEY_ID": keys["aws_access_key_id"], "AWS_SECRET_ACCESS_KEY": keys["aws_secret_access_key"]}
+    run = subprocess.run([sys.executable, "-m", "worker", "summarize", *args], cwd=REPO, env=base | env,
+                         capture_output=True, text=True, timeout=120)
+    return run.returncode, run.stdout.splitlines()
+
+
+def test_summarize_prints_exactly_one_line_of_result_json(stack, bucket):
+    stack.put_objects(bucket, {"r/data.parquet": parquet_bytes(recipe_table()), "r/_SUCCESS": b""})
+    status, lines = cli(stack, f"s3://{bucket}/r/")
+    assert status == 0 and len(lines) == 1
+    result = json.loads(lines[0])
+    assert (result["status"], result["rows"], result["columns"], result["skipped_count"]) == ("ok", 3, 4, 1)
+    assert result["mode"] == "metadata" and result["job_id"].startswith("cli-")
+
+
+def test_summarize_full_mode_with_columns(stack, bucket):
+    stack.put_objects(bucket, {f"e/p{i}.parquet": parquet_bytes(events_table(i, 1000), row_group_size=400)
+                               for i in range(3)})
+    status, lines = cli(stack, f"s3://{bucket}/e/", "--mode", "full", "--columns", "amount,user,nope",
+                        "--job-id", "cli-full-1")
+    result = json.loads(lines[0])
+    assert status == 0 and result["job_id"] == "cli-full-1" and result["mode"] == "full"
+    assert set(result["profile"]) == {"amount", "user"}
+    assert result["profile"]["user"]["distinct_approx"] == 1000
+    assert result["missing_columns"] == ["nope"]
+
+
+def test_summarize_federates_when_a_role_is_set(stack, bucket):
+    stack.put_objects(bucket, {"x.parquet": parquet_bytes(recipe_table())})
+    calls = stack.sts_calls()
+    status, lines = cli(stack, f"s3://{bucket}/", federate=True)
+    assert status == 0 and json.loads(lines[0])["rows"] == 3
+    assert stack.sts_calls() == calls + 1
+
+
+def test_summarize_exit_statuses(stack, bucket):
+    stack.put_objects(bucket, {"x.parquet": parquet_bytes(recipe_table())})
+    status, lines = cli(stack, f"s3://{bucket}/missing/")
+    assert status == 1 and json.loads(lines[0])["error"]["code"] == "not_found"
+    status, lines = cli(stack, "not-a-url")
+    assert status == 2 and json.loads(lines[0])["error"]["code"] == "invalid_job"
+    status, lines = cli(stack, "s3://Bad_Bucket/x")
+    assert status == 2 and "bucket:" in json.loads(lines[0])["error"]["problems"][0]
+    status, lines = cli(stack, f"s3://{bucket}/", federate=True, GCE_METADATA_HOST="127.0.0.1:9",
+                        GCE_METADATA_IP="127.0.0.1:9")
+    assert status == 75 and json.loads(lines[0])["error"]["retryable"] is True
