@@ -20,11 +20,12 @@ def build_storage(settings: Settings):
 
     if not settings.role_arn:
         return AwsStorage.default_chain(region=settings.region, max_connections=settings.read_concurrency)
-    from worker.adapters.google import MetadataIdTokenSource
+    from worker.adapters.google import token_source
 
     return AwsStorage.federated(
         settings.role_arn,
-        MetadataIdTokenSource(settings.audience),
+        token_source(settings.token_source, settings.audience, service_account=settings.token_service_account,
+                     path=settings.token_file),
         session_name=role_session_name(settings.service, settings.revision),
         region=settings.region,
         duration_seconds=settings.sts_duration_seconds,

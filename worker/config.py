@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from worker.errors import ConfigError
 
 AWS_ROLE_ARN = "AWS_ROLE_ARN"
-ID_TOKEN_AUDIENCE = "ID_TOKEN_AUDIENCE"  # noqa: S105 (a variable name, not a secret)
+ID_TOKEN_AUDIENCE = "ID_TOKEN_AUDIENCE"
 REPLY_TOPIC = "REPLY_TOPIC"
 GOOGLE_CLOUD_PROJECT = "GOOGLE_CLOUD_PROJECT"
 AWS_REGION = "AWS_REGION"
@@ -23,6 +23,10 @@ ALLOWED_BUCKETS = "ALLOWED_BUCKETS"
 READ_CONCURRENCY = "READ_CONCURRENCY"
 STS_DURATION_SECONDS = "STS_DURATION_SECONDS"
 JOB_DEADLINE_SECONDS = "JOB_DEADLINE_SECONDS"
+ID_TOKEN_SOURCE = "ID_TOKEN_SOURCE"
+ID_TOKEN_SERVICE_ACCOUNT = "ID_TOKEN_SERVICE_ACCOUNT"
+ID_TOKEN_FILE = "ID_TOKEN_FILE"
+TOKEN_SOURCES = ("metadata", "impersonate", "file")
 FULL_MODE_CONCURRENCY = "FULL_MODE_CONCURRENCY"
 K_SERVICE = "K_SERVICE"
 K_REVISION = "K_REVISION"
@@ -45,6 +49,9 @@ class Settings:
     sts_duration_seconds: int = 3600
     job_deadline_seconds: int = 480
     full_mode_concurrency: int = 2
+    token_source: str = "metadata"
+    token_service_account: str | None = None
+    token_file: str | None = None
     service: str = "parquet-summary"
     revision: str = "local"
 
@@ -88,6 +95,13 @@ class Settings:
         deadline = _int(get(JOB_DEADLINE_SECONDS), JOB_DEADLINE_SECONDS, 480, 1, 3600, problems)
         # Full mode is CPU-bound: objects in flight beyond the cores only add memory.
         full_concurrency = _int(get(FULL_MODE_CONCURRENCY), FULL_MODE_CONCURRENCY, 2, 1, 64, problems)
+        source = get(ID_TOKEN_SOURCE) or "metadata"
+        if source not in TOKEN_SOURCES:
+            problems.append(f"{ID_TOKEN_SOURCE} must be one of {', '.join(TOKEN_SOURCES)}: {source!r}")
+        if source == "impersonate" and not get(ID_TOKEN_SERVICE_ACCOUNT):
+            problems.append(f"{ID_TOKEN_SOURCE}=impersonate needs {ID_TOKEN_SERVICE_ACCOUNT} (the account's email)")
+        if source == "file" and not get(ID_TOKEN_FILE):
+            problems.append(f"{ID_TOKEN_SOURCE}=file needs {ID_TOKEN_FILE} (a file holding a Google ID token)")
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems), problems=problems)
         return cls(
@@ -101,6 +115,9 @@ class Settings:
             sts_duration_seconds=duration,
             job_deadline_seconds=deadline,
             full_mode_concurrency=full_concurrency,
+            token_source=source,
+            token_service_account=get(ID_TOKEN_SERVICE_ACCOUNT) or None,
+            token_file=get(ID_TOKEN_FILE) or None,
             service=get(K_SERVICE) or "parquet-summary",
             revision=get(K_REVISION) or "local",
         )

@@ -10,6 +10,7 @@ for metadata mode).
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import functools
 import io
@@ -103,19 +104,21 @@ class ColumnProfile:
             if kind != "nested":
                 profile.hll, profile.kll = _new_hll(), _new_kll() if kind == "numeric" else None
             return profile
-        values = pc.drop_null(array)
+        values = pc.drop_null(array) if array.null_count else array
         bounds = pc.min_max(values)
         profile.min, profile.max = bounds["min"].as_py(), bounds["max"].as_py()
         profile.hll = _new_hll()
         _update_hll(profile.hll, values, kind)
         if kind == "numeric":
-            if pa.types.is_floating(values.type):
-                values = pc.filter(values, pc.invert(pc.is_nan(values)))
             floats = values.cast(pa.float64()) if not pa.types.is_floating(values.type) else values
+            mean = pc.mean(floats).as_py()
+            if mean is not None and math.isnan(mean):  # NaNs take no part in mean, stddev or quartiles
+                floats = pc.filter(floats, pc.invert(pc.is_nan(floats)))
+                mean = pc.mean(floats).as_py() if len(floats) else None
             profile.kll = _new_kll()
             if len(floats):
                 # Arrow's kernels, not numpy temporaries: variance is computed in one streaming pass.
-                profile.mean = pc.mean(floats).as_py()
+                profile.mean = mean
                 profile.m2 = pc.variance(floats, ddof=0).as_py() * len(floats)
                 # the sketch takes a writable float64 numpy array
                 profile.kll.update(np.require(floats.to_numpy(zero_copy_only=False), np.float64, ["C", "W"]))
@@ -204,6 +207,10 @@ def _pick(pick, a, b):
         return None
 
 
+def _consume(iterator) -> None:
+    collections.deque(iterator, maxlen=0)
+
+
 def _distinct(hll) -> int:
     # A sketch built in one pass estimates with HIP; a merged one, from its registers alone. Folding
     # the sketch into a union twice (registers unchanged: max is idempotent) puts every sketch on
@@ -231,18 +238,16 @@ def _update_hll(hll, values: pa.Array, kind: str) -> None:
         unique = unique.cast(pa.int8())
     elif kind == "binary":
         unique = pc.cast(unique, pa.binary())
-        update = hll.update
-        for v in unique.to_pylist():
-            update(v.hex())
+        _consume(map(hll.update, (v.hex() for v in unique.to_pylist())))
         return
     elif pa.types.is_decimal(unique.type):
         unique = unique.cast(pa.string())
-    update = hll.update
-    # In slices, so that at most HLL_BATCH Python objects exist at a time.
+    # In slices, so that at most HLL_BATCH Python objects exist at a time; map() drives the
+    # sketch's update from C, about twice as fast as a Python loop.
     for offset in range(0, len(unique), HLL_BATCH):
         part = unique.slice(offset, HLL_BATCH)
-        for v in (part.to_numpy(zero_copy_only=False).tolist() if kind != "string" else part.to_pylist()):
-            update(v)
+        _consume(map(hll.update, part.to_numpy(zero_copy_only=False).tolist() if kind != "string"
+                      else part.to_pylist()))
 
 
 class _SparseFile(io.RawIOBase):

@@ -100,6 +100,7 @@ class AwsStorage:
         self._s3 = None
         self._http: urllib3.PoolManager | None = None
         self._lock = threading.Lock()
+        self.token_source: Callable[[], str] | None = None
 
     @classmethod
     def federated(cls, role_arn: str, token_source: Callable[[], str], *, session_name: str, region: str,
@@ -116,7 +117,9 @@ class AwsStorage:
         )
         credentials = DeferredRefreshableCredentials(refresh_using=fetcher.fetch_credentials, method=_Provider.METHOD)
         session.register_component("credential_provider", CredentialResolver([_Provider(credentials)]))
-        return cls(session, region=region, max_connections=max_connections)
+        storage = cls(session, region=region, max_connections=max_connections)
+        storage.token_source = token_source
+        return storage
 
     @classmethod
     def default_chain(cls, *, region: str, max_connections: int = 32) -> AwsStorage:
@@ -134,7 +137,11 @@ class AwsStorage:
         except WorkerError:
             raise
         except ClientError as e:
-            raise translate(e, "AssumeRoleWithWebIdentity") from None
+            error = translate(e, "AssumeRoleWithWebIdentity")
+            if isinstance(error, FederationFailed):
+                # What STS saw of the token, so the user can hold it against the trust policy.
+                error.details["claims"] = dict(getattr(self.token_source, "last_claims", None) or {})
+            raise error from None
         except (BotoConnectionError, HTTPClientError) as e:
             raise Retryable(f"STS is unreachable: {type(e).__name__}", details={"step": "sts"}) from None
         except BotoCoreError as e:

@@ -9,16 +9,75 @@ from __future__ import annotations
 import re
 import threading
 
+import google.auth
 import google.auth.exceptions
 import google.auth.transport.requests
 import requests
 from google.auth import compute_engine
 
+from worker.claims import decode_claims
 from worker.errors import FederationFailed, Retryable
 
 # google-auth reports every metadata failure as TransportError (wrapped in RefreshError);
 # only a definite 4xx answer (no service account, bad audience) is permanent.
 _PERMANENT_STATUS = re.compile(r"Status: 4\d\d")
+
+
+class FileIdTokenSource:
+    """An ID token read from a file on every call (kept fresh by something else, as with
+    AWS_WEB_IDENTITY_TOKEN_FILE): for running off Google Cloud."""
+
+    def __init__(self, path: str):
+        self._path = path
+        self.last_claims: dict = {}
+
+    def __call__(self) -> str:
+        try:
+            with open(self._path, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise FederationFailed(f"cannot read the ID token file {self._path}: {e.strerror}",
+                                   details={"step": "id_token"}) from None
+        if not token:
+            raise FederationFailed(f"the ID token file {self._path} is empty", details={"step": "id_token"})
+        self.last_claims = decode_claims(token)
+        return token
+
+
+class ImpersonatedIdTokenSource:
+    """An ID token for another service account, minted with the caller's own Google credentials
+    (Application Default Credentials) through the IAM Credentials API: for running off Google
+    Cloud as the function's service account. The caller needs roles/iam.serviceAccountOpenIdTokenCreator."""
+
+    def __init__(self, service_account: str, audience: str, session: requests.Session | None = None):
+        self._service_account = service_account
+        self._audience = audience
+        self._request = google.auth.transport.requests.Request(session=session or requests.Session())
+        self._credentials = None
+        self._lock = threading.Lock()
+        self.last_claims: dict = {}
+
+    def __call__(self) -> str:
+        from google.auth import impersonated_credentials
+
+        with self._lock:
+            try:
+                if self._credentials is None:
+                    source, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+                    target = impersonated_credentials.Credentials(
+                        source_credentials=source, target_principal=self._service_account,
+                        target_scopes=["https://www.googleapis.com/auth/cloud-platform"])
+                    self._credentials = impersonated_credentials.IDTokenCredentials(
+                        target, target_audience=self._audience, include_email=True)
+                self._credentials.refresh(self._request)
+            except google.auth.exceptions.DefaultCredentialsError:
+                raise FederationFailed("no Google credentials to impersonate with: run `gcloud auth "
+                                       "application-default login`", details={"step": "id_token"}) from None
+            except google.auth.exceptions.GoogleAuthError as e:
+                raise _classify(e) from None
+            token = self._credentials.token
+            self.last_claims = decode_claims(token)
+            return token
 
 
 class MetadataIdTokenSource:
@@ -33,6 +92,7 @@ class MetadataIdTokenSource:
         self._request = google.auth.transport.requests.Request(session=session or requests.Session())
         self._credentials: compute_engine.IDTokenCredentials | None = None
         self._lock = threading.Lock()
+        self.last_claims: dict = {}
 
     def __call__(self) -> str:
         with self._lock:
@@ -41,9 +101,20 @@ class MetadataIdTokenSource:
                     self._credentials = compute_engine.IDTokenCredentials(
                         self._request, target_audience=self._audience, use_metadata_identity_endpoint=True)
                 self._credentials.refresh(self._request)
-                return self._credentials.token
             except google.auth.exceptions.GoogleAuthError as e:
                 raise _classify(e) from None
+            token = self._credentials.token
+            self.last_claims = decode_claims(token)
+            return token
+
+
+def token_source(kind: str, audience: str, *, service_account: str | None = None, path: str | None = None):
+    """The configured ID token source: ``metadata`` (default), ``impersonate`` or ``file``."""
+    if kind == "file":
+        return FileIdTokenSource(path or "")
+    if kind == "impersonate":
+        return ImpersonatedIdTokenSource(service_account or "", audience)
+    return MetadataIdTokenSource(audience)
 
 
 def _classify(error: Exception) -> Exception:
