@@ -9,8 +9,9 @@ times, in one run:
   ``read_parquet('s3://bucket/prefix**/*.parquet')``: ``SELECT count(*)`` and ``SUMMARIZE``;
 - worker metadata / worker full: ``python -m worker summarize s3://bucket/prefix [--mode full]``.
 
-It prints one table: median wall time, peak RSS (the process's own, from wait4), rows and
-columns found, and whether the answer is right; then the ratios the targets are about.
+It prints one table: median wall time (and, for the worker, the part of it the job itself took,
+from the result's timings_ms: the rest is Python start-up and imports), peak RSS (from wait4),
+rows and columns found, and whether the answer is right; then the ratios the targets are about.
 
     .venv/bin/python bench/summary_bench.py [--repeat 3] [--datasets large,small,wide,drift,junk]
 """
@@ -138,15 +139,18 @@ def main() -> None:
             for tool, argv in tools(url).items():
                 if args.tools and not any(t in tool for t in args.tools.split(",")):
                     continue
-                times, rss, answer, note = [], [], None, ""
+                times, rss, inside, answer, note = [], [], [], None, ""
                 for _ in range(args.repeat):
                     elapsed, peak, status, out, err = run(argv, env)
                     times.append(elapsed)
                     rss.append(peak)
                     if status != 0 and not out.strip().startswith("{"):
-                        note = (err.strip().splitlines() or ["failed"])[-1][:90]
+                        errors = [line for line in err.splitlines() if "Error" in line] or err.splitlines() or [""]
+                        note = (errors[-1].strip() or f"exit {status}")[:90]
                         break
                     answer = json.loads(out.strip().splitlines()[-1])
+                    if "timings_ms" in answer:  # the worker says how long the job took inside the process
+                        inside.append(answer["timings_ms"]["total"] / 1000)
                     if answer.get("status") == "error":
                         note = answer["error"]["message"][:90]
                         break
@@ -154,6 +158,7 @@ def main() -> None:
                       file=sys.stderr, flush=True)
                 found = (answer.get("rows"), answer.get("columns")) if answer and not note else (None, None)
                 rows_out.append({"dataset": name, "tool": tool, "seconds": statistics.median(times),
+                                 "inside": statistics.median(inside) if inside else None,
                                  "rss": max(rss), "rows": found[0], "columns": found[1],
                                  "right": found == expected, "note": note, "expected": expected})
     finally:
@@ -163,14 +168,15 @@ def main() -> None:
 
 def print_table(rows: list[dict], repeat: int) -> None:
     print(f"median of {repeat} runs per tool, each a whole process; peak RSS is the largest seen")
-    print("dataset | tool | median s | peak RSS MiB | rows | columns | right answer | note")
-    print("--- | --- | --- | --- | --- | --- | --- | ---")
+    print("dataset | tool | median s | of which the job | peak RSS MiB | rows | columns | right answer | note")
+    print("--- | --- | --- | --- | --- | --- | --- | --- | ---")
     for r in rows:
         rows_cell = "-" if r["rows"] is None else f"{r['rows']:,}"
         cols_cell = "-" if r["columns"] is None else str(r["columns"])
         right = "yes" if r["right"] else f"no (expected {r['expected'][0]:,} x {r['expected'][1]})"
-        print(f"{r['dataset']} | {r['tool']} | {r['seconds']:.2f} | {r['rss']:.0f} | {rows_cell} | {cols_cell} | "
-              f"{right} | {r['note']}")
+        inside = "-" if r["inside"] is None else f"{r['inside']:.2f}"
+        print(f"{r['dataset']} | {r['tool']} | {r['seconds']:.2f} | {inside} | {r['rss']:.0f} | {rows_cell} | "
+              f"{cols_cell} | {right} | {r['note']}")
     by = {(r["dataset"], r["tool"]): r for r in rows}
     print()
     print("ratios (time; lower is better for the worker) | value")

@@ -63,6 +63,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    import shlex
+
+    from worker.devstack.datasets import sample_objects
+    from worker.devstack.stack import LocalStack
+    from worker.policies import trust_policy
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="worker-stack-"))
+    try:
+        with LocalStack(workdir) as stack:
+            stack.put_objects("demo-data", sample_objects())
+            names = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ROLE_ARN", "ID_TOKEN_AUDIENCE", "GCE_METADATA_HOST",
+                     "GCE_METADATA_IP", "PUBSUB_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "REPLY_TOPIC")
+            env = stack.function_env()
+            (workdir / "env.sh").write_text("".join(f"export {n}={shlex.quote(env[n])}\n" for n in names))
+            (workdir / "trust.json").write_text(json.dumps(trust_policy(stack.metadata.unique_id, stack.audience),
+                                                           indent=2))
+            _say(f"the local stack is up, with s3://demo-data holding the sample dataset.\n"
+                 f"  source {workdir / 'env.sh'}   # the function's settings and endpoints, for the CLI\n"
+                 f"  {workdir / 'trust.json'}      # the role's trust policy, for doctor\n"
+                 f"jobs topic {stack.jobs_topic}, results on {stack.reply_subscription}; Ctrl-C stops it all.")
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        _say("the local stack is stopped")
+        return 0
+
+
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_RETRY = 0, 1, 2, 75
 
 
@@ -188,18 +218,57 @@ def _cell(value) -> str:
     return text if len(text) <= 24 else text[:21] + "..."
 
 
+def cmd_trust_policy(args: argparse.Namespace) -> int:
+    from worker.policies import permissions_policy, trust_policy
+
+    out: dict = {"trust_policy": trust_policy(args.unique_id, args.audience)}
+    if args.bucket:
+        out["permissions_policy"] = permissions_policy(args.bucket, args.prefix or [""])
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from worker.doctor import Doctor
+
+    job = policy = None
+    try:
+        if args.job:
+            job = json.loads(args.job)
+        if args.trust_policy:
+            with open(args.trust_policy, encoding="utf-8") as f:
+                policy = json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"FAIL  arguments: {e}", flush=True)
+        return EXIT_INVALID
+    return Doctor(lambda line: print(line, flush=True), job=job, trust_policy=policy).run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the main job end to end on the local stack")
     demo.add_argument("--workdir", help="where the stack keeps its logs (default: a new temporary folder)")
     demo.set_defaults(func=cmd_demo)
+    stack = sub.add_parser("stack", help="start the local stack and keep it up until Ctrl-C, to try the CLI on")
+    stack.add_argument("--workdir", help="where the stack keeps its logs, env.sh and trust.json")
+    stack.set_defaults(func=cmd_stack)
     summarize = sub.add_parser("summarize", help="summarize the Parquet objects under s3://bucket/prefix")
     summarize.add_argument("url", help="s3://bucket/prefix (the prefix is literal, not a glob)")
     summarize.add_argument("--mode", choices=["metadata", "full"], default="metadata")
     summarize.add_argument("--columns", help="comma-separated top-level columns to summarize")
     summarize.add_argument("--job-id", help="the job ID (default: cli-<random>)")
     summarize.set_defaults(func=cmd_summarize)
+    trust = sub.add_parser("trust-policy", help="print the IAM role's trust policy (and least-privilege S3 policy)")
+    trust.add_argument("--unique-id", required=True, help="the service account's numeric unique ID")
+    trust.add_argument("--audience", required=True, help="ID_TOKEN_AUDIENCE")
+    trust.add_argument("--bucket", help="the bucket the role may read")
+    trust.add_argument("--prefix", action="append", help="a prefix it may read (repeatable; default: all)")
+    trust.set_defaults(func=cmd_trust_policy)
+    doctor = sub.add_parser("doctor", help="check the federation chain step by step")
+    doctor.add_argument("--job", help='a job to try: \'{"bucket": "b", "prefix": "p/"}\'')
+    doctor.add_argument("--trust-policy", help="a JSON file with the role's trust policy to check the token against")
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 

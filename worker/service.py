@@ -88,8 +88,8 @@ class Worker:
                 raise Forbidden(f"bucket {job.bucket!r} is not in ALLOWED_BUCKETS")
             with _phase(timings, "federation"):
                 self.storage.ensure_credentials()
-            store = self.storage.objects(job.bucket, job.job_id)
-            with _phase(timings, "listing"):
+            with _phase(timings, "listing"):  # includes making the S3 client on an instance's first job
+                store = self.storage.objects(job.bucket, job.job_id)
                 listed = list(store.list(job.prefix))
             full = job.mode == "full"
             with _phase(timings, "reading"):

@@ -2,11 +2,15 @@
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import requests
 
 from worker.devstack.datasets import parquet_bytes, recipe_table
 
+REPO = Path(__file__).resolve().parents[2]
 JWT = re.compile(r"eyJ[\w-]{10,}\.[\w-]{10,}\.[\w-]{10,}")
 
 
@@ -38,18 +42,25 @@ def test_the_role_session_names_the_service_and_revision(stack, bucket, run_job)
     assert {s["role_arn"] for s in sessions} == {stack.role_arn}
 
 
-def test_no_credential_or_token_in_results_or_logs(stack, bucket, run_job):
-    stack.put_objects(bucket, {"x.parquet": parquet_bytes(recipe_table())})
-    ok, _, _ = run_job({"bucket": bucket, "prefix": ""})
-    bad, _, _ = run_job({"bucket": "it-bucket-39", "prefix": ""})  # never created: an error result
-    status, http_result = stack.post_job({"bucket": bucket, "prefix": ""})
-    assert status == 200
-    secrets = []
+def test_no_credential_or_token_in_results_or_logs(stack, bucket, run_job, tmp_path):
+    stack.put_objects(bucket, {"x.parquet": parquet_bytes(recipe_table()), "bad.parquet": b"PAR1junk"})
+    results = [run_job({"bucket": bucket, "prefix": "", "mode": mode})[0] for mode in ("metadata", "full")]
+    results.append(run_job({"bucket": "it-bucket-39", "prefix": ""})[0])  # never created: an error result
+    results.append(run_job({"bucket": bucket, "prefix": "no/"})[0])
+    http = [stack.post_job({"bucket": bucket, "prefix": ""}), stack.post_job({"bucket": "Bad", "prefix": ""})]
+    assert http[0][0] == 200 and http[1][0] == 400
+    policy = tmp_path / "trust.json"
+    policy.write_text(json.dumps({"Statement": []}))
+    doctor = subprocess.run([sys.executable, "-m", "worker", "doctor", "--job", json.dumps({"bucket": bucket,
+                             "prefix": ""})], cwd=REPO, env=stack.function_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert doctor.returncode == 0, doctor.stdout
+    secrets = list(stack.metadata.minted)  # every ID token the metadata double handed out
     for session in stack.moto_state()["sts"]["AssumedRole"]:
-        secrets += [session["secret_access_key"], session["session_token"], session["access_key_id"]]
-    assert secrets
-    texts = {"ok result": json.dumps(ok), "error result": json.dumps(bad), "http result": json.dumps(http_result),
-             "push function log": stack.fn_pubsub.log_path.read_text(),
+        secrets += [session["secret_access_key"], session["session_token"]]
+    assert len(secrets) >= 3
+    texts = {"results": json.dumps(results), "http answers": json.dumps(http), "doctor output": doctor.stdout +
+             doctor.stderr, "push function log": stack.fn_pubsub.log_path.read_text(),
              "http function log": stack.fn_http.log_path.read_text()}
     for name, text in texts.items():
         leaked = [i for i, s in enumerate(secrets) if s in text]

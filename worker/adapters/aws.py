@@ -8,6 +8,7 @@ only inside the refresh window before expiry, however many jobs the instance ser
 
 from __future__ import annotations
 
+import datetime
 import functools
 import re
 import threading
@@ -76,6 +77,16 @@ def _as_job(token: str):
         _JOB_USER_AGENT.reset(reset)
 
 
+class _NoCache(dict):
+    """A credential cache that keeps nothing (see AwsStorage.federated)."""
+
+    def __contains__(self, key) -> bool:
+        return False
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
 class _Provider(CredentialProvider):
     METHOD = "assume-role-with-web-identity"
 
@@ -105,8 +116,16 @@ class AwsStorage:
     @classmethod
     def federated(cls, role_arn: str, token_source: Callable[[], str], *, session_name: str, region: str,
                   duration_seconds: int = 3600, max_connections: int = 32,
-                  session: botocore.session.Session | None = None) -> AwsStorage:
-        """Credentials only from AssumeRoleWithWebIdentity with ``token_source``'s ID token, cached and refreshed."""
+                  session: botocore.session.Session | None = None,
+                  time_fetcher: Callable[[], datetime.datetime] | None = None) -> AwsStorage:
+        """Credentials only from AssumeRoleWithWebIdentity with ``token_source``'s ID token.
+
+        botocore's DeferredRefreshableCredentials call STS on first use and again inside the
+        refresh windows before expiry (advisory 15 min, mandatory 10 min): that is the only
+        cache. The fetcher keeps none of its own (its cache judges expiry by the wall clock and
+        would hand back the same credentials), so every refresh is a new STS call with a
+        freshly fetched ID token.
+        """
         session = session or botocore.session.get_session()
         fetcher = AssumeRoleWithWebIdentityCredentialFetcher(
             # STS calls for web identity are unsigned, so this client never asks for credentials.
@@ -114,8 +133,15 @@ class AwsStorage:
             web_identity_token_loader=token_source,
             role_arn=role_arn,
             extra_args={"RoleSessionName": session_name, "DurationSeconds": duration_seconds},
+            cache=_NoCache(),
         )
-        credentials = DeferredRefreshableCredentials(refresh_using=fetcher.fetch_credentials, method=_Provider.METHOD)
+        credentials = DeferredRefreshableCredentials(refresh_using=fetcher.fetch_credentials, method=_Provider.METHOD,
+                                                     **({"time_fetcher": time_fetcher} if time_fetcher else {}))
+        # botocore refreshes 15 min (advisory) and 10 min (mandatory) before expiry; with
+        # credentials that live 15 min that would be an STS call on every request. Scale the
+        # windows down for short sessions: a quarter and a sixth of the lifetime at most.
+        credentials._advisory_refresh_timeout = min(15 * 60, duration_seconds // 4)
+        credentials._mandatory_refresh_timeout = min(10 * 60, duration_seconds // 6)
         session.register_component("credential_provider", CredentialResolver([_Provider(credentials)]))
         storage = cls(session, region=region, max_connections=max_connections)
         storage.token_source = token_source

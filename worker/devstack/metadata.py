@@ -38,6 +38,7 @@ class MetadataDouble:
         self.token_lifetime = token_lifetime
         self.unavailable = False  # when True, answer 503 to everything (fault tests)
         self.tokens_issued: dict[str, int] = {}
+        self.minted: list[str] = []  # every token handed out, so leak tests can look for the real values
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
@@ -87,9 +88,11 @@ class MetadataDouble:
             "iat": now,
             "exp": now + self.token_lifetime,
         }
+        token = jwt.encode(self._signer, claims).decode("ascii")
         with self._lock:
             self.tokens_issued[audience] = self.tokens_issued.get(audience, 0) + 1
-        return jwt.encode(self._signer, claims).decode("ascii")
+            self.minted.append(token)
+        return token
 
 
 def _b64int(value: int) -> str:

@@ -34,11 +34,14 @@ class RecordingProxy:
     ``should_fail`` selects are answered 503 SlowDown instead, as S3 does when throttling."""
 
     def __init__(self, upstream: str, *, fail_rate: float = 0.0, seed: int = 0,
-                 should_fail: Callable[[str, str], bool] | None = None):
+                 should_fail: Callable[[str, str], bool] | None = None,
+                 answer: Callable[[str, str, bytes], tuple[int, bytes] | None] | None = None):
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.fail_rate = fail_rate
         self.should_fail = should_fail or (lambda method, path: method == "GET")
+        # answer(method, path, body) -> (status, XML body) answers a request itself instead of forwarding it
+        self.answer = answer
         self.seen: list[Seen] = []
         self._random = random.Random(seed)  # noqa: S311 (a reproducible fault pattern, not a secret)
         self._lock = threading.Lock()
@@ -84,6 +87,16 @@ def _handler_for(proxy: RecordingProxy) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
             agent = self.headers.get("User-Agent", "")
+            own = proxy.answer(self.command, self.path, body or b"") if proxy.answer else None
+            if own is not None:
+                status, data = own
+                proxy._record(Seen(self.command, self.path, agent, status, True))
+                self.send_response(status)
+                self.send_header("Content-Type", "text/xml")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
             if proxy._inject(self.command, self.path):
                 proxy._record(Seen(self.command, self.path, agent, 503, True))
                 self.send_response(503)
