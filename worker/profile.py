@@ -25,7 +25,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from worker.summary import DeadlineReached, Fetch, Summary, UnreadableFile, partition_values, read_footer, to_json_value
+from worker.summary import (
+    DeadlineReached,
+    Fetch,
+    Summary,
+    UnreadableFile,
+    merge_bound,
+    partition_values,
+    read_footer,
+    to_json_value,
+)
 
 # HLL with 2^14 buckets: ~0.8% relative standard error of the distinct count, 16 KiB per column.
 HLL_LG_K = 14
@@ -33,6 +42,7 @@ HLL_LG_K = 14
 KLL_K = 1000
 QUARTILES = (0.25, 0.5, 0.75)
 HLL_BATCH = 8192
+UNIQUE_SAMPLE = 2048
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
@@ -164,8 +174,8 @@ class ColumnProfile:
             self.min = self.max = self.hll = self.kll = None
             self.mean = self.m2 = 0.0
             return
-        self.min = _pick(min, self.min, other.min)
-        self.max = _pick(max, self.max, other.max)
+        self.min = merge_bound(min, self.min, other.min)
+        self.max = merge_bound(max, self.max, other.max)
         if self.hll is not None and other.hll is not None:
             union = ds.hll_union(HLL_LG_K)
             union.update(self.hll)
@@ -196,17 +206,6 @@ class ColumnProfile:
         return out
 
 
-def _pick(pick, a, b):
-    if a is None:
-        return b
-    if b is None:
-        return a
-    try:
-        return pick(a, b)
-    except TypeError:
-        return None
-
-
 def _consume(iterator) -> None:
     collections.deque(iterator, maxlen=0)
 
@@ -230,8 +229,12 @@ def _new_kll():
 
 
 def _update_hll(hll, values: pa.Array, kind: str) -> None:
-    # The sketch takes one value per call, so feed it each distinct value of the chunk once.
-    unique = pc.unique(values)
+    # The sketch takes one value per call, so feed it each distinct value of the chunk once; but
+    # where a sample shows the values are nearly all distinct (ids, measurements), hashing them
+    # first buys nothing: feed them as they are (the sketch ignores repeats anyway).
+    sample = values.slice(0, UNIQUE_SAMPLE)
+    mostly_distinct = len(values) > 2 * UNIQUE_SAMPLE and len(pc.unique(sample)) > 0.9 * len(sample)
+    unique = values if mostly_distinct else pc.unique(values)
     if kind == "temporal":
         unique = unique.cast(pa.int64()) if not pa.types.is_date32(unique.type) else unique.cast(pa.int32())
     elif kind == "boolean":

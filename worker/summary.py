@@ -137,12 +137,12 @@ class ColumnStats:
             position=min(self.position, other.position),
             null_count=null_count,
             has_min_max=has_min_max,
-            min=_safe(min, self.min, other.min) if has_min_max else None,
-            max=_safe(max, self.max, other.max) if has_min_max else None,
+            min=merge_bound(min, self.min, other.min) if has_min_max else None,
+            max=merge_bound(max, self.max, other.max) if has_min_max else None,
         )
 
 
-def _safe(pick, a, b):
+def merge_bound(pick, a, b):
     # None is "no value seen yet" (an empty or all-null part): the other side decides.
     if a is None:
         return b

@@ -13,7 +13,7 @@ import pytest
 
 from worker.service import summarize_listing
 
-from .test_service import MemoryStore
+from .support import MemoryStore
 
 
 def _table(seed: int, rows: int) -> pa.Table:

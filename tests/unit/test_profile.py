@@ -11,19 +11,7 @@ from worker.devstack.datasets import events_table, parquet_bytes, recipe_table
 from worker.profile import ColumnProfile, coalesce, kind_of, profile_object
 from worker.summary import DeadlineReached, Summary
 
-
-class Ranged:
-    def __init__(self, data: bytes):
-        self.data = data
-        self.reads: list[tuple[int, int]] = []
-
-    def __call__(self, start: int, end: int) -> bytes:
-        self.reads.append((start, end))
-        return self.data[start:end + 1]
-
-    @property
-    def bytes_read(self) -> int:
-        return sum(b - a + 1 for a, b in self.reads)
+from .support import Ranged
 
 
 def test_exact_figures_of_a_numeric_column():

@@ -3,28 +3,10 @@
 import pytest
 
 from worker.devstack.datasets import events_table, parquet_bytes, recipe_table
-from worker.errors import NotFound
 from worker.service import summarize_listing
 from worker.summary import DeadlineReached
 
-
-class MemoryStore:
-    """The ObjectStore protocol over a dict: the same contract the S3 adapter meets."""
-
-    def __init__(self, objects: dict[str, bytes]):
-        self.objects = objects
-        self.fetches = 0
-
-    def list(self, prefix: str):
-        for key in sorted(self.objects):
-            if key.startswith(prefix):
-                yield key, len(self.objects[key])
-
-    def fetch(self, key: str, start: int, end: int) -> bytes:
-        self.fetches += 1
-        if key not in self.objects:
-            raise NotFound(f"NoSuchKey: {key}")
-        return self.objects[key][start:end + 1]
+from .support import MemoryStore
 
 
 def _store(n: int = 12) -> MemoryStore:

@@ -20,17 +20,7 @@ from worker.summary import (
     to_json_value,
 )
 
-
-class Ranged:
-    """An in-memory object served by HTTP-style inclusive ranges, counting the reads."""
-
-    def __init__(self, data: bytes):
-        self.data = data
-        self.reads: list[tuple[int, int]] = []
-
-    def __call__(self, start: int, end: int) -> bytes:
-        self.reads.append((start, end))
-        return self.data[start:end + 1]
+from .support import Ranged
 
 
 def summarize(key: str, data: bytes) -> Summary:

@@ -44,35 +44,30 @@ class FileIdTokenSource:
         return token
 
 
-class ImpersonatedIdTokenSource:
-    """An ID token for another service account, minted with the caller's own Google credentials
-    (Application Default Credentials) through the IAM Credentials API: for running off Google
-    Cloud as the function's service account. The caller needs roles/iam.serviceAccountOpenIdTokenCreator."""
+class _GoogleAuthIdTokenSource:
+    """A fresh ID token from google-auth credentials on every call (botocore calls it only when
+    STS credentials need refreshing), so a token is never used past its ``exp``."""
 
-    def __init__(self, service_account: str, audience: str, session: requests.Session | None = None):
-        self._service_account = service_account
+    no_credentials_hint = "no Google credentials"
+
+    def __init__(self, audience: str, session: requests.Session | None = None):
         self._audience = audience
         self._request = google.auth.transport.requests.Request(session=session or requests.Session())
         self._credentials = None
         self._lock = threading.Lock()
         self.last_claims: dict = {}
 
-    def __call__(self) -> str:
-        from google.auth import impersonated_credentials
+    def _make_credentials(self):
+        raise NotImplementedError
 
+    def __call__(self) -> str:
         with self._lock:
             try:
                 if self._credentials is None:
-                    source, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-                    target = impersonated_credentials.Credentials(
-                        source_credentials=source, target_principal=self._service_account,
-                        target_scopes=["https://www.googleapis.com/auth/cloud-platform"])
-                    self._credentials = impersonated_credentials.IDTokenCredentials(
-                        target, target_audience=self._audience, include_email=True)
+                    self._credentials = self._make_credentials()
                 self._credentials.refresh(self._request)
             except google.auth.exceptions.DefaultCredentialsError:
-                raise FederationFailed("no Google credentials to impersonate with: run `gcloud auth "
-                                       "application-default login`", details={"step": "id_token"}) from None
+                raise FederationFailed(self.no_credentials_hint, details={"step": "id_token"}) from None
             except google.auth.exceptions.GoogleAuthError as e:
                 raise _classify(e) from None
             token = self._credentials.token
@@ -80,32 +75,33 @@ class ImpersonatedIdTokenSource:
             return token
 
 
-class MetadataIdTokenSource:
-    """A zero-argument callable returning a fresh ID token for the instance's service account.
+class ImpersonatedIdTokenSource(_GoogleAuthIdTokenSource):
+    """An ID token for another service account, minted with the caller's own Google credentials
+    (Application Default Credentials) through the IAM Credentials API: for running off Google
+    Cloud as the function's service account. The caller needs roles/iam.serviceAccountOpenIdTokenCreator."""
 
-    Each call fetches a new token (botocore calls it only when STS credentials need
-    refreshing), so a token is never used past its ``exp``.
-    """
+    no_credentials_hint = "no Google credentials to impersonate with: run `gcloud auth application-default login`"
 
-    def __init__(self, audience: str, session: requests.Session | None = None):
-        self._audience = audience
-        self._request = google.auth.transport.requests.Request(session=session or requests.Session())
-        self._credentials: compute_engine.IDTokenCredentials | None = None
-        self._lock = threading.Lock()
-        self.last_claims: dict = {}
+    def __init__(self, service_account: str, audience: str, session: requests.Session | None = None):
+        super().__init__(audience, session)
+        self._service_account = service_account
 
-    def __call__(self) -> str:
-        with self._lock:
-            try:
-                if self._credentials is None:
-                    self._credentials = compute_engine.IDTokenCredentials(
-                        self._request, target_audience=self._audience, use_metadata_identity_endpoint=True)
-                self._credentials.refresh(self._request)
-            except google.auth.exceptions.GoogleAuthError as e:
-                raise _classify(e) from None
-            token = self._credentials.token
-            self.last_claims = decode_claims(token)
-            return token
+    def _make_credentials(self):
+        from google.auth import impersonated_credentials
+
+        scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+        source, _ = google.auth.default(scopes=scopes)
+        target = impersonated_credentials.Credentials(source_credentials=source,
+                                                      target_principal=self._service_account, target_scopes=scopes)
+        return impersonated_credentials.IDTokenCredentials(target, target_audience=self._audience, include_email=True)
+
+
+class MetadataIdTokenSource(_GoogleAuthIdTokenSource):
+    """An ID token for the instance's own service account, from the metadata server."""
+
+    def _make_credentials(self):
+        return compute_engine.IDTokenCredentials(self._request, target_audience=self._audience,
+                                                 use_metadata_identity_endpoint=True)
 
 
 def token_source(kind: str, audience: str, *, service_account: str | None = None, path: str | None = None):
