@@ -26,14 +26,18 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM stops like Ctrl-C, so the local stack is always torn down; and Ctrl-C works even
+    when the process started with SIGINT ignored (a background job of a shell)."""
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from worker.devstack.datasets import sample_objects
     from worker.devstack.stack import LocalStack
 
-    # SIGTERM ends the demo like Ctrl-C does, so the stack is always torn down.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    # Also when started with SIGINT ignored (a background job of a shell), Ctrl-C must stop the stack.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _stop_on_signals()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="worker-demo-"))
     _say(f"starting the local stack (Pub/Sub emulator, moto, metadata double, function); logs in {workdir}")
     started = time.monotonic()
@@ -70,8 +74,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
     from worker.devstack.stack import LocalStack
     from worker.policies import trust_policy
 
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _stop_on_signals()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="worker-stack-"))
     try:
         with LocalStack(workdir) as stack:

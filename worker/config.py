@@ -69,10 +69,9 @@ class Settings:
             return env.get(name, "").strip()
 
         role_arn = get(AWS_ROLE_ARN)
-        if not role_arn and not require_role:
-            pass
-        elif not role_arn:
-            problems.append(f"{AWS_ROLE_ARN} is required (the IAM role to assume, arn:aws:iam::ACCOUNT:role/NAME)")
+        if not role_arn:
+            if require_role:
+                problems.append(f"{AWS_ROLE_ARN} is required (the IAM role to assume, arn:aws:iam::ACCOUNT:role/NAME)")
         elif not _ROLE_ARN.match(role_arn):
             problems.append(f"{AWS_ROLE_ARN} is not an IAM role ARN: {role_arn!r}")
         audience = get(ID_TOKEN_AUDIENCE)
