@@ -48,3 +48,22 @@ def test_ctrl_c_stops_the_whole_stack(tmp_path):
     finally:
         demo.kill()
     assert open_files_under(tmp_path) == []
+
+
+def test_a_second_ctrl_c_during_teardown_still_stops_everything(tmp_path):
+    demo = subprocess.Popen([sys.executable, "-m", "worker", "demo", "--workdir", str(tmp_path)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(open_files_under(tmp_path)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        demo.send_signal(signal.SIGINT)
+        for _ in range(20):  # an impatient user, while the teardown runs
+            time.sleep(0.05)
+            if demo.poll() is not None:
+                break
+            demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=60)
+    finally:
+        demo.kill()
+    assert open_files_under(tmp_path) == []

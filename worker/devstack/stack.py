@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -98,6 +100,11 @@ class LocalStack:
         return self
 
     def stop(self) -> None:
+        """Stop everything. A second Ctrl-C (or SIGTERM) during the teardown does not cut it short."""
+        with _signals_held():
+            self._stop()
+
+    def _stop(self) -> None:
         for service in reversed(self.services):
             service.stop()
         self.services.clear()
@@ -278,6 +285,24 @@ class LocalStack:
         """ID tokens the metadata double has minted for the function's audience (one per STS call)."""
         assert self.metadata is not None
         return self.metadata.tokens_issued.get(self.audience, 0)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Defer SIGINT and SIGTERM until the block is done (main thread only; elsewhere, a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            signal.raise_signal(received[0])  # delivered now, to the handlers that were in place
 
 
 class ResultInbox:
