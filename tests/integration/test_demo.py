@@ -34,15 +34,21 @@ def test_demo_prints_results_and_stops_everything(tmp_path):
     assert open_files_under(tmp_path) == []
 
 
-def test_ctrl_c_stops_the_whole_stack(tmp_path):
-    demo = subprocess.Popen([sys.executable, "-m", "worker", "demo", "--workdir", str(tmp_path)], cwd=REPO,
+def start_demo(folder: Path, children: int) -> subprocess.Popen:
+    """The demo, once at least ``children`` of its processes hold their logs under ``folder``
+    (while the stack is still starting: the emulator takes seconds)."""
+    demo = subprocess.Popen([sys.executable, "-m", "worker", "demo", "--workdir", str(folder)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(open_files_under(folder)) < children and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(open_files_under(folder)) >= children, "the stack should be running now"
+    return demo
+
+
+def test_ctrl_c_stops_the_whole_stack(tmp_path):
+    demo = start_demo(tmp_path, children=1)
     try:
-        # Interrupt while the stack is starting (the emulator takes seconds): children are running.
-        deadline = time.monotonic() + 60
-        while not open_files_under(tmp_path) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert open_files_under(tmp_path), "the stack should be running now"
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=60) == 130
     finally:
@@ -51,12 +57,8 @@ def test_ctrl_c_stops_the_whole_stack(tmp_path):
 
 
 def test_a_second_ctrl_c_during_teardown_still_stops_everything(tmp_path):
-    demo = subprocess.Popen([sys.executable, "-m", "worker", "demo", "--workdir", str(tmp_path)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    demo = start_demo(tmp_path, children=3)
     try:
-        deadline = time.monotonic() + 60
-        while len(open_files_under(tmp_path)) < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
         demo.send_signal(signal.SIGINT)
         for _ in range(20):  # an impatient user, while the teardown runs
             time.sleep(0.05)

@@ -101,7 +101,8 @@ class _Provider(CredentialProvider):
 class AwsStorage:
     """S3 through one botocore session: federated (the function) or boto3's default chain (the CLI)."""
 
-    def __init__(self, session: botocore.session.Session, *, region: str, max_connections: int = 32):
+    def __init__(self, session: botocore.session.Session, *, region: str, max_connections: int = 32,
+                 token_source: Callable[[], str] | None = None):
         # The worker reads no timestamp from S3 (LastModified in listings and GETs); botocore's
         # default dateutil parsing of them costs about half a millisecond per object.
         session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
@@ -111,7 +112,7 @@ class AwsStorage:
         self._s3 = None
         self._http: urllib3.PoolManager | None = None
         self._lock = threading.Lock()
-        self.token_source: Callable[[], str] | None = None
+        self.token_source = token_source  # federated only: its last_claims explain a refusal
 
     @classmethod
     def federated(cls, role_arn: str, token_source: Callable[[], str], *, session_name: str, region: str,
@@ -143,9 +144,7 @@ class AwsStorage:
         credentials._advisory_refresh_timeout = min(15 * 60, duration_seconds // 4)
         credentials._mandatory_refresh_timeout = min(10 * 60, duration_seconds // 6)
         session.register_component("credential_provider", CredentialResolver([_Provider(credentials)]))
-        storage = cls(session, region=region, max_connections=max_connections)
-        storage.token_source = token_source
-        return storage
+        return cls(session, region=region, max_connections=max_connections, token_source=token_source)
 
     @classmethod
     def default_chain(cls, *, region: str, max_connections: int = 32) -> AwsStorage:
