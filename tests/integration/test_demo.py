@@ -34,20 +34,26 @@ def test_demo_prints_results_and_stops_everything(tmp_path):
     assert open_files_under(tmp_path) == []
 
 
-def start_demo(folder: Path, children: int) -> subprocess.Popen:
-    """The demo, once at least ``children`` of its processes hold their logs under ``folder``
+def start_demo(folder: Path, *, until_log: str) -> subprocess.Popen:
+    """The demo, once the stack has started the service that writes ``until_log`` under ``folder``
     (while the stack is still starting: the emulator takes seconds)."""
-    demo = subprocess.Popen([sys.executable, "-m", "worker", "demo", "--workdir", str(folder)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while len(open_files_under(folder)) < children and time.monotonic() < deadline:
+    demo_err = folder.parent / f"{folder.name}-demo.err"
+    with open(demo_err, "wb") as err:
+        demo = subprocess.Popen([sys.executable, "-m", "worker", "demo", "--workdir", str(folder)], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + 120
+    while not (folder / until_log).exists() and demo.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(open_files_under(folder)) >= children, "the stack should be running now"
+    if not (folder / until_log).exists():
+        demo.kill()
+        logs = "\n".join(f"--- {log.name}:\n{log.read_text(errors='replace')[-1500:]}" for log in folder.glob("*.log"))
+        raise AssertionError(f"the stack did not start {until_log} (demo exit {demo.poll()}):\n"
+                             f"{demo_err.read_text(errors='replace')[-1500:]}\n{logs}")
     return demo
 
 
 def test_ctrl_c_stops_the_whole_stack(tmp_path):
-    demo = start_demo(tmp_path, children=1)
+    demo = start_demo(tmp_path, until_log="moto.log")
     try:
         demo.send_signal(signal.SIGINT)
         assert demo.wait(timeout=60) == 130
@@ -57,7 +63,7 @@ def test_ctrl_c_stops_the_whole_stack(tmp_path):
 
 
 def test_a_second_ctrl_c_during_teardown_still_stops_everything(tmp_path):
-    demo = start_demo(tmp_path, children=3)
+    demo = start_demo(tmp_path, until_log="function-http.log")
     try:
         demo.send_signal(signal.SIGINT)
         for _ in range(20):  # an impatient user, while the teardown runs
