@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +20,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Defer SIGINT and SIGTERM until the block is done (main thread only; elsewhere, a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            signal.raise_signal(received[0])  # delivered now, to the handlers that were in place
 
 
 class Service:
@@ -40,10 +59,12 @@ class Service:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> Service:
-        log = open(self.log_path, "ab")  # noqa: SIM115 (the child keeps it)
-        self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=self.env, cwd=self.cwd, start_new_session=True)
-        log.close()
+        # A Ctrl-C in the middle would leave a child that stop() does not know of: hold it until the
+        # child is recorded (the deferring handler is a Python one, so the child starts with the default).
+        with signals_held(), open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
+                                            start_new_session=True)
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> Service:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import sys
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -22,7 +20,7 @@ import boto3
 import requests
 
 from worker.devstack.metadata import MetadataDouble
-from worker.devstack.processes import Service, free_port
+from worker.devstack.processes import Service, free_port, signals_held
 from worker.policies import permissions_policy, trust_policy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,7 +99,7 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop everything. A second Ctrl-C (or SIGTERM) during the teardown does not cut it short."""
-        with _signals_held():
+        with signals_held():
             self._stop()
 
     def _stop(self) -> None:
@@ -185,6 +183,15 @@ class LocalStack:
     def aws_client(self, service: str):
         """A boto3 client for the harness, as its admin IAM user (the function never has these keys)."""
         return boto3.client(service, endpoint_url=self.aws_endpoint, region_name=self.region, **self._admin_keys)
+
+    def admin_cli_env(self) -> dict[str, str]:
+        """An environment for the AWS CLI as the harness's admin user, against moto (deploy/cli/aws-role.sh)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update({"AWS_ENDPOINT_URL": self.aws_endpoint, "AWS_DEFAULT_REGION": self.region,
+                    "AWS_ACCESS_KEY_ID": self._admin_keys["aws_access_key_id"],
+                    "AWS_SECRET_ACCESS_KEY": self._admin_keys["aws_secret_access_key"],
+                    "AWS_EC2_METADATA_DISABLED": "true", "AWS_PAGER": ""})
+        return env
 
     def _create_admin(self) -> None:
         # The first three actions are free (INITIAL_NO_AUTH_ACTION_COUNT): make an admin user with a key.
@@ -274,10 +281,12 @@ class LocalStack:
         data = job if isinstance(job, bytes) else (job.encode() if isinstance(job, str) else json.dumps(job).encode())
         return self.publisher.publish(topic or self.jobs_topic, data, **attributes).result(timeout=30)
 
-    def post_job(self, job: dict | bytes | str, timeout: float = 60) -> tuple[int, dict]:
-        """POST a job to the HTTP entry point; return (status, result JSON)."""
+    def post_job(self, job: dict | bytes | str, timeout: float = 60, *, function: Service | None = None
+                 ) -> tuple[int, dict]:
+        """POST a job to the HTTP entry point (or to ``function``); return (status, result JSON)."""
         data = job if isinstance(job, (bytes, str)) else json.dumps(job)
-        response = requests.post(f"http://{self.fn_http.address}/", data=data, timeout=timeout,
+        address = (function or self.fn_http).address
+        response = requests.post(f"http://{address}/", data=data, timeout=timeout,
                                  headers={"Content-Type": "application/json"})
         return response.status_code, response.json()
 
@@ -285,24 +294,6 @@ class LocalStack:
         """ID tokens the metadata double has minted for the function's audience (one per STS call)."""
         assert self.metadata is not None
         return self.metadata.tokens_issued.get(self.audience, 0)
-
-
-@contextlib.contextmanager
-def _signals_held():
-    """Defer SIGINT and SIGTERM until the block is done (main thread only; elsewhere, a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if received:
-            signal.raise_signal(received[0])  # delivered now, to the handlers that were in place
 
 
 class ResultInbox:
