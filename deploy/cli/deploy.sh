@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# The plain-CLI path: the same resources as deploy/terraform, in the same order, with gcloud and aws.
+# Idempotent: every step looks before it creates, so a second run changes nothing. Settings come from
+# the environment or deploy/cli/config.env (see config.env.example).
+#
+#   deploy/cli/deploy.sh
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=deploy/cli/lib.sh
+source "$here/lib.sh"
+
+settings() {
+  if [[ -f "$here/config.env" ]]; then
+    # shellcheck source=/dev/null
+    source "$here/config.env"
+  fi
+  NAME=${NAME:-parquet-summary}
+  REGION=${REGION:-us-central1}
+  AWS_REGION=${AWS_REGION:-us-east-1}
+  ROLE_NAME=${ROLE_NAME:-$NAME}
+  AUDIENCE=${AUDIENCE:-//iam.amazonaws.com/$ROLE_NAME}
+  PYTHON_RUNTIME=${PYTHON_RUNTIME:-python311}
+  TIMEOUT_SECONDS=${TIMEOUT_SECONDS:-540}
+  MEMORY=${MEMORY:-1Gi}
+  CPU=${CPU:-1}
+  MAX_INSTANCES=${MAX_INSTANCES:-10}
+  MAX_DELIVERY_ATTEMPTS=${MAX_DELIVERY_ATTEMPTS:-5}
+  MIN_RETRY_DELAY=${MIN_RETRY_DELAY:-10s}
+  MAX_RETRY_DELAY=${MAX_RETRY_DELAY:-600s}
+  SCHEDULE=${SCHEDULE:-0 3 * * *}
+  SCHEDULE_TIME_ZONE=${SCHEDULE_TIME_ZONE:-Etc/UTC}
+  need_var PROJECT "the Google Cloud project ID"
+  need_var DATA_BUCKET "the S3 bucket the worker may read"
+  (( TIMEOUT_SECONDS >= 120 && TIMEOUT_SECONDS <= 540 )) || die "TIMEOUT_SECONDS must be between 120 and 540"
+  (( MAX_DELIVERY_ATTEMPTS >= 5 && MAX_DELIVERY_ATTEMPTS <= 100 )) || die "MAX_DELIVERY_ATTEMPTS must be between 5 and 100"
+  WORKER_SA="$NAME@$PROJECT.iam.gserviceaccount.com"
+  PUSH_SA="${NAME:0:25}-push@$PROJECT.iam.gserviceaccount.com"
+  JOBS_TOPIC="$NAME-jobs" RESULTS_TOPIC="$NAME-results" DEAD_LETTER_TOPIC="$NAME-dead-letter"
+}
+
+# The function's settings (the names worker/config.py reads), as an --env-vars-file.
+function_env() {  # function_env ROLE_ARN
+  local first_prefix
+  read -r first_prefix _ <<<"${DATA_PREFIXES:-}" || true
+  python3 - "$1" <<PY
+import json, sys
+env = {
+    "AWS_ROLE_ARN": sys.argv[1],
+    "ID_TOKEN_AUDIENCE": "$AUDIENCE",
+    "REPLY_TOPIC": "projects/$PROJECT/topics/$RESULTS_TOPIC",
+    "GOOGLE_CLOUD_PROJECT": "$PROJECT",
+    "AWS_REGION": "$AWS_REGION",
+    "ALLOWED_BUCKETS": "$DATA_BUCKET",
+    "JOB_DEADLINE_SECONDS": str($TIMEOUT_SECONDS - 60),
+}
+print("\n".join(f"{k}: {json.dumps(v)}" for k, v in env.items()))
+PY
+}
+
+exists() { "$@" >/dev/null 2>&1; }
+
+ensure_topic() {  # ensure_topic NAME
+  if exists gcloud pubsub topics describe "$1" --project="$PROJECT"; then say "topic $1: exists"
+  else gcloud pubsub topics create "$1" --project="$PROJECT" --quiet >/dev/null; say "topic $1: created"; fi
+}
+
+ensure_pull_subscription() {  # ensure_pull_subscription NAME TOPIC: keeps messages a week, never expires
+  if exists gcloud pubsub subscriptions describe "$1" --project="$PROJECT"; then say "subscription $1: exists"
+  else
+    gcloud pubsub subscriptions create "$1" --topic="$2" --project="$PROJECT" --message-retention-duration=7d \
+      --expiration-period=never --quiet >/dev/null
+    say "subscription $1: created"
+  fi
+}
+
+ensure_service_account() {  # ensure_service_account EMAIL DISPLAY_NAME
+  if exists gcloud iam service-accounts describe "$1" --project="$PROJECT"; then say "service account $1: exists"
+  else
+    gcloud iam service-accounts create "${1%%@*}" --project="$PROJECT" --display-name="$2" --quiet >/dev/null
+    say "service account $1: created"
+  fi
+}
+
+# Messages on a topic with no subscription are dropped: results and dead letters are kept a week.
+topics() {
+  ensure_topic "$JOBS_TOPIC"; ensure_topic "$RESULTS_TOPIC"; ensure_topic "$DEAD_LETTER_TOPIC"
+  ensure_pull_subscription "$RESULTS_TOPIC" "$RESULTS_TOPIC"
+  ensure_pull_subscription "$DEAD_LETTER_TOPIC" "$DEAD_LETTER_TOPIC"
+}
+
+# The jobs subscription: push to the function (functions-framework turns the raw push into the
+# messagePublished CloudEvent; the path names the topic), retries with backoff, then the dead-letter topic.
+delivery() {  # delivery FUNCTION_URL
+  local url=$1
+  local want=(--push-endpoint="$url/projects/$PROJECT/topics/$JOBS_TOPIC"
+              --push-auth-service-account="$PUSH_SA" --push-auth-token-audience="$url" --ack-deadline=600
+              --min-retry-delay="$MIN_RETRY_DELAY" --max-retry-delay="$MAX_RETRY_DELAY"
+              --dead-letter-topic="projects/$PROJECT/topics/$DEAD_LETTER_TOPIC"
+              --max-delivery-attempts="$MAX_DELIVERY_ATTEMPTS" --message-retention-duration=7d)
+  local before
+  if before=$(gcloud pubsub subscriptions describe "$JOBS_TOPIC" --project="$PROJECT" --format=json 2>/dev/null); then
+    gcloud pubsub subscriptions update "$JOBS_TOPIC" --project="$PROJECT" "${want[@]}" --quiet >/dev/null
+    if same_json "$before" "$(gcloud pubsub subscriptions describe "$JOBS_TOPIC" --project="$PROJECT" --format=json)"; then
+      say "subscription $JOBS_TOPIC: unchanged"
+    else
+      say "subscription $JOBS_TOPIC: updated"
+    fi
+  else
+    gcloud pubsub subscriptions create "$JOBS_TOPIC" --topic="$JOBS_TOPIC" --project="$PROJECT" \
+      --expiration-period=never "${want[@]}" --quiet >/dev/null
+    say "subscription $JOBS_TOPIC: created"
+  fi
+}
+
+main() {
+  need_command gcloud "the Google Cloud CLI (https://cloud.google.com/sdk/docs/install)"
+  need_command aws "the AWS CLI (https://aws.amazon.com/cli/)"
+  need_command python3 "Python 3"
+  settings
+  [[ -n "$(gcloud auth list --filter=status:ACTIVE --format='value(account)' 2>/dev/null)" ]] \
+    || die "gcloud has no active account: run 'gcloud auth login' first"
+
+  say "1/8 APIs"
+  gcloud services enable artifactregistry.googleapis.com cloudbuild.googleapis.com cloudfunctions.googleapis.com \
+    cloudscheduler.googleapis.com iam.googleapis.com iamcredentials.googleapis.com pubsub.googleapis.com \
+    run.googleapis.com storage.googleapis.com --project="$PROJECT" --quiet
+  local number pubsub_agent scheduler_agent
+  number=$(gcloud projects describe "$PROJECT" --format='value(projectNumber)')
+  pubsub_agent="serviceAccount:service-$number@gcp-sa-pubsub.iam.gserviceaccount.com"
+  scheduler_agent="serviceAccount:service-$number@gcp-sa-cloudscheduler.iam.gserviceaccount.com"
+
+  say "2/8 service accounts"
+  ensure_service_account "$WORKER_SA" "Parquet summary worker (federates into AWS role $ROLE_NAME)"
+  ensure_service_account "$PUSH_SA" "Pub/Sub push to $NAME"
+  local unique_id
+  unique_id=$(gcloud iam service-accounts describe "$WORKER_SA" --project="$PROJECT" --format='value(uniqueId)')
+
+  say "3/8 AWS role (trust: $WORKER_SA, unique ID $unique_id)"
+  local role_arn
+  role_arn=$(ROLE_NAME=$ROLE_NAME UNIQUE_ID=$unique_id AUDIENCE=$AUDIENCE DATA_BUCKET=$DATA_BUCKET \
+             DATA_PREFIXES=${DATA_PREFIXES:-} AWS_REGION=$AWS_REGION "$here/aws-role.sh")
+
+  say "4/8 topics and subscriptions"
+  topics
+
+  say "5/8 the function"
+  local env_file
+  env_file=$(mktemp); trap 'rm -f "$env_file"' EXIT
+  function_env "$role_arn" >"$env_file"
+  # Redeploy only when the source or the settings changed: their digest is a label of the function.
+  local digest deployed
+  digest=$( (cd "$REPO" && gcloud meta list-files-for-upload . | LC_ALL=C sort | xargs sha256sum;
+             cat "$env_file"; echo "$PYTHON_RUNTIME $TIMEOUT_SECONDS $MEMORY $CPU $MAX_INSTANCES") | sha256sum | cut -c1-40)
+  deployed=$(gcloud functions describe "$NAME" --region="$REGION" --project="$PROJECT" \
+             --format='value(labels.deploy-digest)' 2>/dev/null || true)
+  if [[ "$deployed" == "$digest" ]]; then
+    say "function $NAME: unchanged"
+  else
+    gcloud functions deploy "$NAME" --gen2 --project="$PROJECT" --region="$REGION" --source="$REPO" \
+      --runtime="$PYTHON_RUNTIME" --entry-point=handle_pubsub --trigger-http --no-allow-unauthenticated \
+      --ingress-settings=internal-only --service-account="$WORKER_SA" --timeout="${TIMEOUT_SECONDS}s" \
+      --memory="$MEMORY" --cpu="$CPU" --max-instances="$MAX_INSTANCES" --concurrency=1 \
+      --env-vars-file="$env_file" --update-labels="deploy-digest=$digest" --quiet
+    say "function $NAME: deployed"
+  fi
+  local url
+  url=$(gcloud functions describe "$NAME" --region="$REGION" --project="$PROJECT" --format='value(serviceConfig.uri)')
+
+  say "6/8 IAM"
+  gcloud pubsub topics add-iam-policy-binding "$RESULTS_TOPIC" --project="$PROJECT" \
+    --member="serviceAccount:$WORKER_SA" --role=roles/pubsub.publisher --quiet >/dev/null
+  gcloud functions add-invoker-policy-binding "$NAME" --region="$REGION" --project="$PROJECT" \
+    --member="serviceAccount:$PUSH_SA" --quiet >/dev/null
+  gcloud iam service-accounts add-iam-policy-binding "$PUSH_SA" --project="$PROJECT" \
+    --member="$pubsub_agent" --role=roles/iam.serviceAccountTokenCreator --quiet >/dev/null
+  gcloud pubsub topics add-iam-policy-binding "$DEAD_LETTER_TOPIC" --project="$PROJECT" \
+    --member="$pubsub_agent" --role=roles/pubsub.publisher --quiet >/dev/null
+  gcloud pubsub topics add-iam-policy-binding "$JOBS_TOPIC" --project="$PROJECT" \
+    --member="$scheduler_agent" --role=roles/pubsub.publisher --quiet >/dev/null
+
+  say "7/8 delivery: $JOBS_TOPIC -> push (OIDC) -> $NAME, retries, dead letters after $MAX_DELIVERY_ATTEMPTS attempts"
+  delivery "$url"
+  gcloud pubsub subscriptions add-iam-policy-binding "$JOBS_TOPIC" --project="$PROJECT" \
+    --member="$pubsub_agent" --role=roles/pubsub.subscriber --quiet >/dev/null
+
+  say "8/8 schedule"
+  local first_prefix job
+  read -r first_prefix _ <<<"${DATA_PREFIXES:-}" || true
+  job=${SCHEDULED_JOB:-$(python3 -c 'import json, sys; print(json.dumps({"bucket": sys.argv[1], "prefix": sys.argv[2]}))' \
+                         "$DATA_BUCKET" "${first_prefix:-}")}
+  if [[ "$SCHEDULE" == none ]]; then
+    say "scheduler: none"
+  else
+    if exists gcloud scheduler jobs describe "$NAME-schedule" --location="$REGION" --project="$PROJECT"; then
+      gcloud scheduler jobs update pubsub "$NAME-schedule" --location="$REGION" --project="$PROJECT" \
+        --schedule="$SCHEDULE" --time-zone="$SCHEDULE_TIME_ZONE" --topic="$JOBS_TOPIC" --message-body="$job" \
+        --update-attributes=origin=cloud-scheduler --quiet >/dev/null
+      say "scheduler $NAME-schedule: settings applied ($SCHEDULE, $SCHEDULE_TIME_ZONE)"
+    else
+      gcloud scheduler jobs create pubsub "$NAME-schedule" --location="$REGION" --project="$PROJECT" \
+        --schedule="$SCHEDULE" --time-zone="$SCHEDULE_TIME_ZONE" --topic="$JOBS_TOPIC" --message-body="$job" \
+        --attributes=origin=cloud-scheduler --quiet >/dev/null
+      say "scheduler $NAME-schedule: created ($SCHEDULE, $SCHEDULE_TIME_ZONE)"
+    fi
+  fi
+
+  say "done. A first job, then its result:"
+  printf "gcloud pubsub topics publish %s --project=%s --message='%s'\n" "$JOBS_TOPIC" "$PROJECT" "$job"
+  printf "gcloud pubsub subscriptions pull %s --project=%s --auto-ack --limit=10\n" "$RESULTS_TOPIC" "$PROJECT"
+}
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then main "$@"; fi

@@ -1,0 +1,38 @@
+output "role_arn" {
+  description = "The IAM role the worker assumes (AWS_ROLE_ARN)."
+  value       = aws_iam_role.worker.arn
+}
+
+output "service_account" {
+  description = "The function's service account and its unique ID (the trust policy's aud and sub)."
+  value       = { email = google_service_account.worker.email, unique_id = google_service_account.worker.unique_id }
+}
+
+output "id_token_audience" {
+  description = "ID_TOKEN_AUDIENCE (the trust policy's oaud)."
+  value       = local.audience
+}
+
+output "jobs_topic" {
+  value = google_pubsub_topic.jobs.id
+}
+
+output "results_topic" {
+  value = google_pubsub_topic.results.id
+}
+
+output "results_subscription" {
+  value = google_pubsub_subscription.results.id
+}
+
+output "dead_letter_topic" {
+  value = google_pubsub_topic.dead_letter.id
+}
+
+output "first_job_command" {
+  description = "Publish a first job, then (after a few seconds) read its result."
+  value = join(" && \\\n  ", [
+    "gcloud pubsub topics publish ${google_pubsub_topic.jobs.name} --project=${var.project} --message='${jsonencode({ bucket = var.data_bucket, prefix = local.prefixes[0] })}'",
+    "gcloud pubsub subscriptions pull ${google_pubsub_subscription.results.name} --project=${var.project} --auto-ack --limit=10",
+  ])
+}

@@ -1,0 +1,166 @@
+"""deploy/terraform, checked offline: parsed with python-hcl2, its invariants asserted, its policies
+rendered and compared with worker/policies.py, its function settings read by worker/config.py."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from worker.config import Settings
+from worker.jobs import load_schema
+from worker.policies import permissions_policy, trust_policy
+
+from .terraform import TERRAFORM, evaluate, load, policy_json, simplified
+
+REPO = Path(__file__).resolve().parents[2]
+UNIQUE_ID = "104729000000000000123"
+
+
+@pytest.fixture(scope="module")
+def tf():
+    return load()
+
+
+def resources(tf, type_: str) -> dict:
+    return tf["resource"].get(type_, {})
+
+
+def test_the_trust_policy_is_the_one_the_worker_prints(tf):
+    scope = {"google_service_account.worker.unique_id": UNIQUE_ID, "local.audience": "//iam.amazonaws.com/w"}
+    rendered = policy_json(tf["data"]["aws_iam_policy_document"]["trust"], scope)
+    assert rendered == simplified(trust_policy(UNIQUE_ID, "//iam.amazonaws.com/w"))
+    # ... built from the service account resource's unique ID and the audience variable
+    assert tf["locals"]["audience"].startswith("${coalesce(var.id_token_audience,")
+    assert resources(tf, "aws_iam_role")["worker"]["assume_role_policy"] == "${data.aws_iam_policy_document.trust.json}"
+
+
+@pytest.mark.parametrize("prefixes", [["events/", "exports/daily/"], [""], ["only/"]])
+def test_the_s3_policy_is_limited_to_the_bucket_and_prefixes(tf, prefixes):
+    scope = {"var.data_bucket": "my-data", "local.prefixes": prefixes}
+    rendered = policy_json(tf["data"]["aws_iam_policy_document"]["read_parquet"], scope)
+    assert rendered == simplified(permissions_policy("my-data", prefixes))
+    assert tf["locals"]["prefixes"] == '${length(var.data_prefixes) > 0 ? sort(distinct(var.data_prefixes)) : [""]}'
+    (policy,) = resources(tf, "aws_iam_role_policy").values()
+    assert policy["policy"] == "${data.aws_iam_policy_document.read_parquet.json}"
+    assert [s["Action"] for s in rendered["Statement"]] == ["s3:ListBucket", "s3:GetObject"]
+
+
+def test_no_aws_user_key_or_google_key_anywhere(tf):
+    forbidden = {"aws_iam_user", "aws_iam_access_key", "aws_iam_user_policy", "aws_iam_user_policy_attachment",
+                 "aws_iam_user_login_profile", "google_service_account_key"}
+    assert not forbidden & set(tf["resource"])
+    text = "\n".join(p.read_text() for p in TERRAFORM.glob("*.tf"))
+    assert not re.search(r"AKIA[0-9A-Z]{16}|secret_key|access_key|private_key", text)
+    assert not any("google_project_iam" in t for t in tf["resource"]), "no project-wide roles"
+
+
+def test_jobs_are_delivered_with_retries_and_a_dead_letter_topic(tf):
+    subs = resources(tf, "google_pubsub_subscription")
+    jobs = subs["jobs"]
+    assert jobs["topic"] == "${google_pubsub_topic.jobs.id}"
+    (push,) = jobs["push_config"]
+    assert push["push_endpoint"] == "${local.worker_url}/${google_pubsub_topic.jobs.id}"
+    assert tf["locals"]["worker_url"] == "${google_cloudfunctions2_function.worker.service_config[0].uri}"
+    assert push["oidc_token"] == [{"service_account_email": "${google_service_account.push.email}",
+                                   "audience": "${local.worker_url}"}]
+    assert jobs["retry_policy"] == [{"minimum_backoff": "${var.minimum_backoff}",
+                                     "maximum_backoff": "${var.maximum_backoff}"}]
+    assert jobs["dead_letter_policy"] == [{"dead_letter_topic": "${google_pubsub_topic.dead_letter.id}",
+                                           "max_delivery_attempts": "${var.max_delivery_attempts}"}]
+    attempts = tf["variable"]["max_delivery_attempts"]
+    assert 5 <= attempts["default"] <= 100 and "<= 100" in attempts["validation"][0]["condition"]
+    # The acknowledgement waits for the longest run; nothing sent to a topic is dropped unread.
+    assert jobs["ack_deadline_seconds"] == 600
+    assert subs["dead_letter"]["topic"] == "${google_pubsub_topic.dead_letter.id}"
+    assert subs["results"]["topic"] == "${google_pubsub_topic.results.id}"
+    # Pub/Sub's service agent may move messages to the dead-letter topic and ack them here.
+    grants = {(r["role"], r.get("topic", r.get("subscription")), r["member"])
+              for t in ("google_pubsub_topic_iam_member", "google_pubsub_subscription_iam_member")
+              for r in resources(tf, t).values()}
+    assert ("roles/pubsub.publisher", "${google_pubsub_topic.dead_letter.name}", "${local.pubsub_sa}") in grants
+    assert ("roles/pubsub.subscriber", "${google_pubsub_subscription.jobs.name}", "${local.pubsub_sa}") in grants
+
+
+def test_the_function_is_the_pubsub_entry_point_within_540_seconds_and_internal(tf):
+    fn = resources(tf, "google_cloudfunctions2_function")["worker"]
+    (build,), (service,) = fn["build_config"], fn["service_config"]
+    assert build["entry_point"] == "handle_pubsub"
+    main = ast.parse((REPO / "main.py").read_text())
+    decorated = {f.name: [ast.unparse(d) for d in f.decorator_list]
+                 for f in main.body if isinstance(f, ast.FunctionDef)}
+    assert decorated["handle_pubsub"] == ["functions_framework.cloud_event"]
+    assert "event_trigger" not in fn, "the push subscription delivers; Eventarc would own its own subscription"
+    assert service["timeout_seconds"] == "${var.timeout_seconds}"
+    timeout = tf["variable"]["timeout_seconds"]
+    assert timeout["default"] <= 540 and "var.timeout_seconds <= 540" in timeout["validation"][0]["condition"]
+    assert service["ingress_settings"] == "ALLOW_INTERNAL_ONLY"
+    assert service["service_account_email"] == "${google_service_account.worker.email}"
+    assert service["max_instance_count"] == "${var.max_instances}"
+
+
+def test_the_function_settings_are_what_the_worker_reads(tf):
+    service = resources(tf, "google_cloudfunctions2_function")["worker"]["service_config"][0]
+    assert service["environment_variables"] == "${local.environment}"
+    scope = {"aws_iam_role.worker.arn": "arn:aws:iam::123456789012:role/parquet-summary",
+             "local.audience": "//iam.amazonaws.com/parquet-summary",
+             "google_pubsub_topic.results.id": "projects/my-project/topics/parquet-summary-results",
+             "var.project": "my-project", "var.aws_region": "eu-west-1", "var.data_bucket": "my-data",
+             "tostring(var.timeout_seconds - 60)": str(tf["variable"]["timeout_seconds"]["default"] - 60)}
+    env = {k: evaluate(v, scope) for k, v in tf["locals"]["environment"].items()}
+    settings = Settings.from_env(env)  # raises ConfigError on any bad value
+    assert settings.role_arn == scope["aws_iam_role.worker.arn"]
+    assert settings.reply_topic == scope["google_pubsub_topic.results.id"]
+    assert settings.region == "eu-west-1" and settings.allowed_buckets == {"my-data"}
+    assert settings.job_deadline_seconds == 480 < tf["variable"]["timeout_seconds"]["default"]
+    config = (REPO / "worker" / "config.py").read_text()
+    for name in env:
+        assert re.search(rf'^{name} = "{name}"$', config, re.M), f"worker/config.py does not read {name}"
+
+
+def test_the_worker_account_may_only_publish_results(tf):
+    worker_grants = [(t, r) for t in tf["resource"] if t.endswith(("_iam_member", "_iam_binding", "_iam_policy"))
+                     for r in resources(tf, t).values() if "google_service_account.worker" in json.dumps(r)]
+    assert worker_grants == [("google_pubsub_topic_iam_member", {
+        "project": "${var.project}", "topic": "${google_pubsub_topic.results.name}",
+        "role": "roles/pubsub.publisher", "member": "${google_service_account.worker.member}"})]
+
+
+def test_the_scheduler_publishes_a_valid_job_to_the_jobs_topic(tf):
+    (target,) = resources(tf, "google_cloud_scheduler_job")["jobs"]["pubsub_target"]
+    assert target["topic_name"] == "${google_pubsub_topic.jobs.id}"
+    default = re.search(r"\{bucket = var\.data_bucket, prefix = local\.prefixes\[0\]\}", target["data"])
+    assert default, target["data"]
+    for prefix in ("", "events/"):
+        Draft202012Validator(load_schema("job")).validate({"bucket": "my-data", "prefix": prefix})
+    assert tf["variable"]["schedule"]["default"].count(" ") == 4  # a five-field cron
+
+
+def test_outputs_give_the_role_topics_and_a_first_job_command(tf):
+    assert {"role_arn", "jobs_topic", "results_topic", "first_job_command"} <= set(tf["output"])
+    assert tf["output"]["role_arn"]["value"] == "${aws_iam_role.worker.arn}"
+    assert "gcloud pubsub topics publish" in tf["output"]["first_job_command"]["value"]
+
+
+def test_the_uploaded_source_is_the_same_for_terraform_and_gcloud(tf):
+    # Terraform zips fileset(include) - fileset(exclude); gcloud uploads what .gcloudignore lets through.
+    shape = r'\$\{setsubtract\(fileset\(local\.repo, "\{([^}]*)\}"\), fileset\(local\.repo, "([^"]+)"\)\)\}'
+    match = re.fullmatch(shape, tf["locals"]["source_files"])
+    assert match, tf["locals"]["source_files"]
+    include, exclude = match.group(1).split(","), match.group(2)
+
+    def glob(pattern: str) -> set[str]:  # Terraform's fileset: a trailing ** matches every file below
+        found = (REPO / pattern[:-3]).rglob("*") if pattern.endswith("/**") else REPO.glob(pattern)
+        return {str(p.relative_to(REPO)) for p in found if p.is_file() and "__pycache__" not in p.parts}
+
+    terraform = set().union(*(glob(p) for p in include)) - glob(exclude)
+    listed = subprocess.run(["gcloud", "meta", "list-files-for-upload", str(REPO)], capture_output=True, text=True,
+                            check=True, timeout=120).stdout.split()
+    assert {p for p in listed if "__pycache__" not in p} == terraform
+    assert {"main.py", "requirements.txt", "schemas/job.schema.json", "worker/service.py"} <= terraform
+    assert not [p for p in terraform if p.startswith(("tests/", "bench/", ".venv", "deploy/", "worker/devstack/"))]
