@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from worker.errors import ConfigError
+from worker.templates import TemplateError, zone
 
 AWS_ROLE_ARN = "AWS_ROLE_ARN"
 ID_TOKEN_AUDIENCE = "ID_TOKEN_AUDIENCE"
@@ -28,6 +29,8 @@ ID_TOKEN_SERVICE_ACCOUNT = "ID_TOKEN_SERVICE_ACCOUNT"
 ID_TOKEN_FILE = "ID_TOKEN_FILE"
 TOKEN_SOURCES = ("metadata", "impersonate", "file")
 FULL_MODE_CONCURRENCY = "FULL_MODE_CONCURRENCY"
+ALLOWED_REPLY_TOPICS = "ALLOWED_REPLY_TOPICS"
+TEMPLATE_TIME_ZONE = "TEMPLATE_TIME_ZONE"
 K_SERVICE = "K_SERVICE"
 K_REVISION = "K_REVISION"
 
@@ -52,6 +55,8 @@ class Settings:
     token_source: str = "metadata"
     token_service_account: str | None = None
     token_file: str | None = None
+    allowed_reply_topics: frozenset[str] = frozenset()
+    template_time_zone: str = "UTC"
     service: str = "parquet-summary"
     revision: str = "local"
 
@@ -88,6 +93,20 @@ class Settings:
                                 f"give projects/P/topics/T or set {GOOGLE_CLOUD_PROJECT}")
         if reply_topic and "/" in reply_topic and not _TOPIC.match(reply_topic):
             problems.append(f"{REPLY_TOPIC} must look like projects/P/topics/T: {reply_topic!r}")
+        allowed_reply_topics = set()
+        for name in filter(None, (t.strip() for t in get(ALLOWED_REPLY_TOPICS).split(","))):
+            if "/" not in name and project:
+                name = f"projects/{project}/topics/{name}"
+            if _TOPIC.match(name):
+                allowed_reply_topics.add(name)
+            else:
+                problems.append(f"{ALLOWED_REPLY_TOPICS} holds {name!r}: give projects/P/topics/T "
+                                f"(or short names with {GOOGLE_CLOUD_PROJECT} set)")
+        time_zone = get(TEMPLATE_TIME_ZONE) or "UTC"
+        try:
+            zone(time_zone)
+        except TemplateError as e:
+            problems.append(f"{TEMPLATE_TIME_ZONE}: {e}")
         read_concurrency = _int(get(READ_CONCURRENCY), READ_CONCURRENCY, 32, 1, 256, problems)
         duration = _int(get(STS_DURATION_SECONDS), STS_DURATION_SECONDS, 3600, 900, 43200, problems)
         # Event-driven functions stop at 540 s: by default a job stops at 480 s and says how far it got.
@@ -117,9 +136,15 @@ class Settings:
             token_source=source,
             token_service_account=get(ID_TOKEN_SERVICE_ACCOUNT) or None,
             token_file=get(ID_TOKEN_FILE) or None,
+            allowed_reply_topics=frozenset(allowed_reply_topics),
+            template_time_zone=time_zone,
             service=get(K_SERVICE) or "parquet-summary",
             revision=get(K_REVISION) or "local",
         )
+
+    def reply_topic_allowed(self, topic: str) -> bool:
+        """Whether a job may send its result to ``topic`` (REPLY_TOPIC, or one of ALLOWED_REPLY_TOPICS)."""
+        return topic == self.reply_topic or topic in self.allowed_reply_topics
 
     def require_reply_topic(self) -> str:
         """The reply topic; raise ConfigError when the Pub/Sub path runs without one."""

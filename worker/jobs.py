@@ -9,20 +9,26 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from worker import templates
 from worker.errors import InvalidJob
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 MAX_JOB_BYTES = 64 * 1024
 _ECHO_LIMIT = 1024  # longest bucket/prefix echoed back in an invalid_job result
+# The attributes a result message carries of its own; a job cannot set them, and pass-through ones yield.
+RESERVED_ATTRIBUTES = frozenset({"job_id", "status", "correlation_id", "source_message_id", "error_code"})
+MAX_ATTRIBUTES = 100  # Pub/Sub's limit per message
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,22 @@ class Job:
     publish_time: str | None = None
     mode: str = "metadata"
     columns: tuple[str, ...] | None = None
+    correlation_id: str | None = None
+    prefix_template: str | None = None
+    reference_time: str | None = None
+    reply_topic: str | None = None
+    reply_attributes: Mapping[str, str] = field(default_factory=dict)
+    spec: Mapping[str, Any] = field(default_factory=dict)  # the job as sent, for the result to echo
+
+    @property
+    def correlation(self) -> str:
+        """The pipeline run: the job's correlation_id, else its message's attribute, else its job_id."""
+        return correlation_of(self.correlation_id, self.attributes, self.job_id)
+
+    @property
+    def pass_through(self) -> dict[str, str]:
+        """The attributes its result message carries besides the worker's own."""
+        return pass_through(self.attributes, self.reply_attributes)
 
 
 @dataclass(frozen=True)
@@ -48,6 +70,37 @@ class JobRef:
     bucket: str | None = None
     prefix: str | None = None
     mode: str | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    correlation_id: str | None = None
+    reply_attributes: Mapping[str, str] = field(default_factory=dict)
+    prefix_template: str | None = None
+
+    @property
+    def correlation(self) -> str:
+        return correlation_of(self.correlation_id, self.attributes, self.job_id)
+
+    @property
+    def pass_through(self) -> dict[str, str]:
+        return pass_through(self.attributes, self.reply_attributes)
+
+
+def correlation_of(given: str | None, attributes: Mapping[str, str], job_id: str) -> str:
+    from_attribute = attributes.get("correlation_id", "")
+    if not given and _ID.fullmatch(from_attribute):
+        given = from_attribute
+    return given or job_id
+
+
+def pass_through(attributes: Mapping[str, str], reply_attributes: Mapping[str, str]) -> dict[str, str]:
+    """The job message's attributes, then the job's reply_attributes over them: never the worker's own
+    or Google's (goog*), and no more than Pub/Sub allows beside the worker's own."""
+    merged = {k: v for k, v in attributes.items() if k not in RESERVED_ATTRIBUTES and not k.startswith("goog")}
+    merged |= dict(reply_attributes)
+    room = MAX_ATTRIBUTES - len(RESERVED_ATTRIBUTES)
+    if len(merged) > room:  # the job's own reply_attributes first, then the message's, by name
+        keep = list(reply_attributes) + sorted(k for k in merged if k not in reply_attributes)
+        merged = {k: merged[k] for k in keep[:room]}
+    return merged
 
 
 class InvalidJobMessage(InvalidJob):
@@ -56,6 +109,9 @@ class InvalidJobMessage(InvalidJob):
     def __init__(self, message: str, ref: JobRef, problems: list[str] | None = None):
         super().__init__(message, problems=problems or [message])
         self.ref = ref
+
+
+_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 
 @cache
@@ -77,10 +133,10 @@ def new_job_id() -> str:
 
 
 def parse_job(body: bytes | str, *, message_id: str | None = None, attributes: Mapping[str, str] | None = None,
-              publish_time: str | None = None) -> Job:
+              publish_time: str | None = None, time_zone: str = "UTC") -> Job:
     """Parse and validate a job from its JSON text; raise InvalidJobMessage listing every problem."""
     fallback_id = message_id or new_job_id()
-    ref = JobRef(job_id=fallback_id, message_id=message_id)
+    ref = JobRef(job_id=fallback_id, message_id=message_id, attributes=dict(attributes or {}))
     if isinstance(body, str):
         body = body.encode("utf-8", errors="surrogatepass")
     if len(body) > MAX_JOB_BYTES:
@@ -98,44 +154,90 @@ def parse_job(body: bytes | str, *, message_id: str | None = None, attributes: M
     except json.JSONDecodeError as e:
         raise InvalidJobMessage(f"job is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}", ref) from None
     return validate_job(payload, message_id=message_id, attributes=attributes, publish_time=publish_time,
-                        fallback_id=fallback_id)
+                        fallback_id=fallback_id, time_zone=time_zone)
 
 
 def validate_job(payload: Any, *, message_id: str | None = None, attributes: Mapping[str, str] | None = None,
-                 publish_time: str | None = None, fallback_id: str | None = None) -> Job:
-    """Check a decoded JSON value against the job schema; raise InvalidJobMessage listing every problem."""
+                 publish_time: str | None = None, fallback_id: str | None = None, time_zone: str = "UTC",
+                 now: datetime | None = None) -> Job:
+    """Check a decoded JSON value against the job schema and resolve its prefix_template; raise
+    InvalidJobMessage listing every problem. ``time_zone`` is the default for templates."""
     fallback_id = fallback_id or message_id or new_job_id()
+    attributes = dict(attributes or {})
     if not isinstance(payload, dict):
-        ref = JobRef(job_id=fallback_id, message_id=message_id)
+        ref = JobRef(job_id=fallback_id, message_id=message_id, attributes=attributes)
         raise InvalidJobMessage(f"job must be a JSON object, not {_json_type(payload)}", ref)
-    ref = _best_effort_ref(payload, fallback_id, message_id)
+    ref = _best_effort_ref(payload, fallback_id, message_id, attributes)
     problems = [_describe(error) for error in sorted(_validator().iter_errors(payload), key=_error_sort_key)]
+    prefix, reference = payload.get("prefix"), None
+    template = payload.get("prefix_template")
+    if not problems and template is not None:
+        prefix, reference = _resolve(template, payload, publish_time, time_zone, now, problems)
     if problems:
         raise InvalidJobMessage("invalid job: " + "; ".join(problems), ref, problems)
     return Job(
         bucket=payload["bucket"],
-        prefix=payload["prefix"],
+        prefix=prefix,
         job_id=payload.get("job_id") or fallback_id,
         message_id=message_id,
-        attributes=dict(attributes or {}),
+        attributes=attributes,
         publish_time=publish_time,
         mode=payload.get("mode", "metadata"),
         columns=tuple(payload["columns"]) if "columns" in payload else None,
+        correlation_id=payload.get("correlation_id"),
+        prefix_template=template,
+        reference_time=reference,
+        reply_topic=payload.get("reply_topic"),
+        reply_attributes=dict(payload.get("reply_attributes", {})),
+        spec=payload,
     )
 
 
-def job_from_pubsub(data: Any, event_id: str | None = None) -> Job:
+def _resolve(template: str, payload: dict, publish_time: str | None, default_zone: str, now: datetime | None,
+             problems: list[str]) -> tuple[str | None, str | None]:
+    """The prefix a template names, and the reference time it was resolved against (RFC 3339, UTC)."""
+    given = payload.get("reference_time")
+    at = parse_time(given) if given else (parse_time(publish_time) if publish_time else None)
+    if given and at is None:
+        problems.append(f"reference_time: {given!r} is not an RFC 3339 time")
+        return None, None
+    at = at or now or datetime.now(UTC)
+    try:
+        prefix = templates.render(template, at, payload.get("time_zone") or default_zone)
+    except templates.TemplateError as e:
+        where = "time_zone" if str(e).startswith("unknown time zone") else "prefix_template"
+        problems.append(f"{where}: {e}")
+        return None, None
+    if len(prefix) > 1024:
+        problems.append(f"prefix_template: resolves to {len(prefix)} characters; a prefix is at most 1024")
+    return prefix, at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime | None:
+    """An RFC 3339 time (Pub/Sub's publishTime has nanoseconds; Python keeps microseconds), or None."""
+    match = re.fullmatch(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})", text or "")
+    if not match:
+        return None
+    day, clock, fraction, offset = match.groups()
+    fraction = f".{(fraction or '0')[:6]:0<6}"
+    try:
+        return datetime.fromisoformat(f"{day}T{clock}{fraction}{'+00:00' if offset in 'Zz' else offset}")
+    except ValueError:
+        return None
+
+
+def job_from_pubsub(data: Any, event_id: str | None = None, *, time_zone: str = "UTC") -> Job:
     """A job from a ``messagePublished`` CloudEvent's data: ``{"message": {"data": base64, ...}}``."""
     message = data.get("message") if isinstance(data, dict) else None
     if not isinstance(message, dict):
         raise InvalidJobMessage("event has no Pub/Sub message (data.message)", JobRef(job_id=event_id or new_job_id(),
                                                                                       message_id=event_id))
     message_id = _str_or_none(message.get("messageId") or message.get("message_id")) or event_id
-    ref = JobRef(job_id=message_id or new_job_id(), message_id=message_id)
     attributes = message.get("attributes") or {}
     if not isinstance(attributes, dict):
         attributes = {}
     attributes = {str(k): str(v) for k, v in attributes.items()}
+    ref = JobRef(job_id=message_id or new_job_id(), message_id=message_id, attributes=attributes)
     encoded = message.get("data")
     if not encoded:
         raise InvalidJobMessage("Pub/Sub message has no data; the job is its JSON body", ref)
@@ -146,16 +248,26 @@ def job_from_pubsub(data: Any, event_id: str | None = None) -> Job:
     except (binascii.Error, ValueError):
         raise InvalidJobMessage("Pub/Sub message data is not valid base64", ref) from None
     publish_time = _str_or_none(message.get("publishTime") or message.get("publish_time"))
-    return parse_job(body, message_id=message_id, attributes=attributes, publish_time=publish_time)
+    return parse_job(body, message_id=message_id, attributes=attributes, publish_time=publish_time,
+                     time_zone=time_zone)
 
 
-def _best_effort_ref(payload: dict, fallback_id: str, message_id: str | None) -> JobRef:
+def _best_effort_ref(payload: dict, fallback_id: str, message_id: str | None, attributes: dict[str, str]) -> JobRef:
+    """The parts of an invalid job that are valid, so its error result is keyed and routed like its result."""
     job_id = payload.get("job_id")
-    if not (isinstance(job_id, str) and _validator().is_valid({"bucket": "abc", "prefix": "", "job_id": job_id})):
+    if not (isinstance(job_id, str) and _ID.fullmatch(job_id)):
         job_id = fallback_id
+    correlation_id = payload.get("correlation_id")
+    if not (isinstance(correlation_id, str) and _ID.fullmatch(correlation_id)):
+        correlation_id = None
+    reply_attributes = payload.get("reply_attributes")
+    if not _validator().is_valid({"bucket": "abc", "prefix": "", "reply_attributes": reply_attributes}):
+        reply_attributes = {}
     mode = payload.get("mode", "metadata")
     return JobRef(job_id=job_id, message_id=message_id, bucket=_echo(payload.get("bucket")),
-                  prefix=_echo(payload.get("prefix")), mode=mode if mode in ("metadata", "full") else None)
+                  prefix=_echo(payload.get("prefix")), mode=mode if mode in ("metadata", "full") else None,
+                  attributes=attributes, correlation_id=correlation_id, reply_attributes=reply_attributes,
+                  prefix_template=_echo(payload.get("prefix_template")))
 
 
 def _echo(value: Any) -> str | None:
@@ -179,6 +291,14 @@ def _describe(error) -> str:
 
 def _describe_untrimmed(error) -> str:
     where = ".".join(str(p) for p in error.absolute_path) or "job"
+    if error.validator == "oneOf" and not error.absolute_path:
+        both = "prefix" in error.instance and "prefix_template" in error.instance
+        return ("job: give prefix or prefix_template, not both" if both
+                else "job: 'prefix' is a required property (or give prefix_template)")
+    if error.validator == "not" and error.absolute_path and error.absolute_path[-1] == "reply_attributes":
+        return f"{where}: {error.instance!r} is the worker's own attribute; pick another name"
+    if error.validator == "pattern" and error.absolute_path and error.absolute_path[-1] == "reply_attributes":
+        return f"{where}: attribute name {error.instance!r} is not valid: letters, digits, _ . : - and not goog..."
     if error.validator == "pattern" or error.validator in ("minLength", "maxLength"):
         value = error.instance
         shown = repr(value) if len(value) <= 80 else repr(value[:77]) + "..."

@@ -17,17 +17,26 @@ ERROR = "error"
 
 
 def _base(ref: Job | JobRef, status: str, timings: dict[str, float] | None) -> dict:
-    return {
+    base = {
         "job_id": ref.job_id,
         "status": status,
         "bucket": ref.bucket,
         "prefix": ref.prefix,
         "message_id": ref.message_id,
+        "correlation_id": ref.correlation,
+        "attributes": ref.pass_through,
         "timings_ms": {k: round(v, 1) for k, v in (timings or {}).items()},
         "finished_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "worker_version": __version__,
         **({"mode": ref.mode} if ref.mode else {}),
     }
+    if ref.prefix_template is not None:
+        base["prefix_template"] = ref.prefix_template
+    if isinstance(ref, Job):
+        if ref.reference_time is not None:
+            base["reference_time"] = ref.reference_time
+        base["job"] = dict(ref.spec)
+    return base
 
 
 def ok_result(job: Job, summary: dict, timings: dict[str, float] | None = None) -> dict:
@@ -41,8 +50,13 @@ def error_result(ref: Job | JobRef, error: WorkerError, timings: dict[str, float
 
 
 def to_message(result: dict) -> tuple[bytes, dict[str, str]]:
-    """The Pub/Sub message for a result: compact JSON, and attributes subscribers can filter on."""
-    attributes = {"job_id": result["job_id"], "status": result["status"]}
+    """The Pub/Sub message for a result: compact JSON, and attributes subscribers can filter on: the job's
+    pass-through attributes, then the worker's own (job_id, status, correlation_id, source_message_id,
+    error_code)."""
+    attributes = dict(result.get("attributes") or {})
+    attributes |= {"job_id": result["job_id"], "status": result["status"]}
+    if result.get("correlation_id"):
+        attributes["correlation_id"] = result["correlation_id"]
     if result.get("message_id"):
         attributes["source_message_id"] = result["message_id"]
     if result["status"] == ERROR:

@@ -34,7 +34,10 @@ class Storage(Protocol):
 
 
 class Publisher(Protocol):
-    def publish(self, result: dict) -> str: ...
+    def publish(self, result: dict, topic: str | None = None) -> str:
+        """Publish to ``topic`` (default: REPLY_TOPIC). A topic that is missing or closed to the worker
+        raises a permanent WorkerError (NotFound, Forbidden); anything else that fails raises too."""
+        ...
 
 
 class Worker:
@@ -52,22 +55,37 @@ class Worker:
         if self.publisher is None:
             self.settings.require_reply_topic()
             raise RuntimeError("no publisher configured")
+        job, topic = None, None
         try:
-            job = job_from_pubsub(data, event_id)
+            job = job_from_pubsub(data, event_id, time_zone=self.settings.template_time_zone)
+            self._check_reply_topic(job)
         except InvalidJobMessage as e:
             result = error_result(e.ref, e)
+        except Forbidden as e:
+            result = error_result(job, e)
         else:
+            topic = job.reply_topic
             result = self.run(job)
-        result_id = self.publisher.publish(result)
+        try:
+            result_id = self.publisher.publish(result, topic)
+        except WorkerError as e:
+            if topic is None or e.retryable:
+                raise
+            # The job's own reply topic is missing or closed: say so where results go by default.
+            result = error_result(job, e)
+            result_id = self.publisher.publish(result)
         _log_result(result, result_message_id=result_id)
         return result
 
     def handle_http(self, body: bytes) -> dict:
         """Answer one HTTP job synchronously; retryable faults become an error result too."""
         try:
-            job = parse_job(body)
+            job = parse_job(body, time_zone=self.settings.template_time_zone)
+            self._check_reply_topic(job)
         except InvalidJobMessage as e:
             result = error_result(e.ref, e)
+        except Forbidden as e:
+            result = error_result(job, e)
         else:
             try:
                 result = self.run(job)
@@ -75,6 +93,11 @@ class Worker:
                 result = error_result(job, e)
         _log_result(result)
         return result
+
+    def _check_reply_topic(self, job: Job) -> None:
+        if job.reply_topic and not self.settings.reply_topic_allowed(job.reply_topic):
+            raise Forbidden(f"reply_topic {job.reply_topic!r} is not in ALLOWED_REPLY_TOPICS "
+                            f"(nor the worker's REPLY_TOPIC); this result goes to REPLY_TOPIC instead")
 
     # -- one job ----------------------------------------------------------------------
 

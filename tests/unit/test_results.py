@@ -47,10 +47,11 @@ def test_schema_rejects_an_ok_result_without_a_summary():
 
 def test_message_attributes_let_subscribers_filter():
     data, attributes = to_message(error_result(JOB, NotFound("nothing here")))
-    assert attributes == {"job_id": "j-1", "status": "error", "source_message_id": "m-1", "error_code": "not_found"}
+    assert attributes == {"job_id": "j-1", "status": "error", "source_message_id": "m-1", "error_code": "not_found",
+                          "correlation_id": "j-1"}
     assert json.loads(data)["error"]["message"] == "nothing here"
     _, ok_attributes = to_message(ok_result(JOB, Summary().to_dict()))
-    assert ok_attributes == {"job_id": "j-1", "status": "ok", "source_message_id": "m-1"}
+    assert ok_attributes == {"job_id": "j-1", "status": "ok", "source_message_id": "m-1", "correlation_id": "j-1"}
 
 
 @pytest.mark.parametrize(("error", "status"), [
@@ -60,3 +61,65 @@ def test_message_attributes_let_subscribers_filter():
 def test_http_status(error, status):
     result = ok_result(JOB, Summary().to_dict()) if error is None else error_result(JOB, error)
     assert http_status(result) == status
+
+
+# -- chaining: correlation and pass-through attributes ---------------------------------------------------
+
+
+def chained(body: str, attributes: dict[str, str] | None = None):
+    from worker.jobs import parse_job
+
+    return parse_job(body, message_id="m-9", attributes=attributes or {}, publish_time="2026-11-28T03:00:00Z")
+
+
+def test_the_correlation_id_comes_from_the_job_then_the_message_then_the_job_id():
+    body = '{"bucket": "abc", "prefix": "p/", "job_id": "j-9"%s}'
+    assert chained(body % ', "correlation_id": "run-1"', {"correlation_id": "run-2"}).correlation == "run-1"
+    assert chained(body % "", {"correlation_id": "run-2"}).correlation == "run-2"
+    assert chained(body % "", {"correlation_id": "not a valid id!"}).correlation == "j-9"
+    assert chained(body % "").correlation == "j-9"
+
+
+def test_a_result_passes_the_jobs_attributes_through_and_keeps_its_own():
+    job = chained('{"bucket": "abc", "prefix": "p/", "job_id": "j-9", "reply_attributes": {"stage": "two"}}',
+                  {"schedule": "nightly", "stage": "one", "status": "forged", "googclient_schemaname": "x",
+                   "correlation_id": "run-5"})
+    result = ok_result(job, Summary().to_dict())
+    VALIDATOR.validate(result)
+    assert result["attributes"] == {"schedule": "nightly", "stage": "two"}
+    assert result["correlation_id"] == "run-5"
+    assert result["job"] == {"bucket": "abc", "prefix": "p/", "job_id": "j-9", "reply_attributes": {"stage": "two"}}
+    _, attributes = to_message(result)
+    assert attributes == {"schedule": "nightly", "stage": "two", "job_id": "j-9", "status": "ok",
+                          "correlation_id": "run-5", "source_message_id": "m-9"}
+
+
+def test_a_templated_result_says_what_it_read_and_when():
+    job = chained('{"bucket": "abc", "prefix_template": "e/dt={date-1d}/"}', {"schedule": "nightly"})
+    result = ok_result(job, Summary().to_dict())
+    VALIDATOR.validate(result)
+    assert (result["prefix"], result["prefix_template"], result["reference_time"]) == (
+        "e/dt=2026-11-27/", "e/dt={date-1d}/", "2026-11-28T03:00:00Z")
+
+
+def test_an_invalid_job_still_answers_in_its_pipeline():
+    from worker.jobs import InvalidJobMessage
+
+    with pytest.raises(InvalidJobMessage) as caught:
+        chained('{"bucket": "abc", "prefix": 5, "correlation_id": "run-3", "reply_attributes": {"stage": "x"}}',
+                {"schedule": "nightly"})
+    result = error_result(caught.value.ref, caught.value)
+    VALIDATOR.validate(result)
+    assert result["correlation_id"] == "run-3"
+    assert result["attributes"] == {"schedule": "nightly", "stage": "x"}
+    assert to_message(result)[1]["correlation_id"] == "run-3"
+
+
+def test_pass_through_attributes_stay_within_pubsubs_limit():
+    from worker.jobs import MAX_ATTRIBUTES
+
+    many = {f"a{i:03d}": "v" for i in range(150)}
+    job = chained('{"bucket": "abc", "prefix": "p/", "reply_attributes": {"zz-mine": "1"}}', many)
+    _, attributes = to_message(ok_result(job, Summary().to_dict()))
+    assert len(attributes) <= MAX_ATTRIBUTES
+    assert attributes["zz-mine"] == "1" and attributes["status"] == "ok" and "a000" in attributes
