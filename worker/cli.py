@@ -80,8 +80,8 @@ def cmd_stack(args: argparse.Namespace) -> int:
         with LocalStack(workdir) as stack:
             stack.put_objects("demo-data", sample_objects())
             names = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ROLE_ARN", "ID_TOKEN_AUDIENCE", "GCE_METADATA_HOST",
-                     "GCE_METADATA_IP", "PUBSUB_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "REPLY_TOPIC")
-            env = stack.function_env()
+                     "GCE_METADATA_IP", "PUBSUB_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "REPLY_TOPIC", "JOBS_TOPIC")
+            env = stack.function_env() | {"JOBS_TOPIC": stack.jobs_topic}
             (workdir / "env.sh").write_text("".join(f"export {n}={shlex.quote(env[n])}\n" for n in names))
             (workdir / "trust.json").write_text(json.dumps(trust_policy(stack.metadata.unique_id, stack.audience),
                                                            indent=2))
@@ -141,6 +141,84 @@ def cmd_summarize(args: argparse.Namespace) -> int:
             progress.close()
     status = EXIT_OK if result["status"] == "ok" else (EXIT_RETRY if result["error"]["retryable"] else EXIT_ERROR)
     return _emit(result, status)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    import os
+
+    from worker.config import Settings
+    from worker.errors import WorkerError
+    from worker.jobs import new_job_id, validate_job
+
+    job: dict = {"bucket": args.bucket, "job_id": args.job_id or f"cli-{new_job_id()[:12]}"}
+    for field in ("prefix", "prefix_template", "mode", "correlation_id", "reply_topic", "time_zone", "reference_time"):
+        if getattr(args, field) is not None:
+            job[field] = getattr(args, field)
+    if args.column:
+        job["columns"] = args.column
+    try:
+        if args.reply_attr:
+            job["reply_attributes"] = _pairs(args.reply_attr, "--reply-attr")
+        attributes = _pairs(args.attr or [], "--attr")
+        validate_job(job)  # the worker would answer invalid_job: say so now, before publishing
+        settings = Settings.from_env(require_role=False)
+    except (WorkerError, ValueError) as e:
+        print(f"publish: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    from worker.adapters.pubsub import ResultWaiter, publish_job, topic_path
+
+    project = settings.project
+    jobs_topic = args.topic or os.environ.get("JOBS_TOPIC")
+    if not jobs_topic:
+        print("publish: no jobs topic: give --topic or set JOBS_TOPIC", file=sys.stderr)
+        return EXIT_INVALID
+    # Where the result may come: the job's own reply topic, or REPLY_TOPIC (also where a refused one is reported).
+    wanted = [args.results_topic] if args.results_topic else [job.get("reply_topic"), settings.reply_topic]
+    try:
+        topic = topic_path(jobs_topic, project)
+        results = [topic_path(t, project) for t in wanted if t]
+    except ValueError as e:
+        print(f"publish: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.wait and not results:
+        print("publish: --wait needs the results topic: give --results-topic or set REPLY_TOPIC", file=sys.stderr)
+        return EXIT_INVALID
+    if not args.wait:
+        message_id = publish_job(topic, job, attributes)
+        _say(f"published job {job['job_id']} as message {message_id} on {topic}")
+        print(json.dumps({"job_id": job["job_id"], "message_id": message_id, "topic": topic}), flush=True)
+        return EXIT_OK
+    try:
+        waiter = ResultWaiter(results, job["job_id"]).__enter__()
+    except ValueError as e:
+        print(f"publish: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        for missing in waiter.missing:
+            _say(f"topic {missing} does not exist: not waiting there")
+        message_id = publish_job(topic, job, attributes)
+        _say(f"published job {job['job_id']} as message {message_id} on {topic}; "
+             f"waiting for its result on {' or '.join(waiter.subscriptions)}")
+        got = waiter.wait(args.timeout)
+    finally:
+        waiter.__exit__()
+    if got is None:
+        _say(f"no result for job {job['job_id']} within {args.timeout:.0f}s "
+             "(the message stays on the jobs topic and is answered when a worker takes it)")
+        return EXIT_RETRY
+    result, result_attributes = got
+    _say(f"result attributes: {json.dumps(result_attributes, sort_keys=True)}")
+    return _emit(result, EXIT_OK if result["status"] == "ok" else EXIT_ERROR)
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} takes KEY=VALUE, not {item!r}")
+        pairs[key] = value
+    return pairs
 
 
 def _emit(result: dict, status: int) -> int:
@@ -262,6 +340,27 @@ def build_parser() -> argparse.ArgumentParser:
     summarize.add_argument("--columns", help="comma-separated top-level columns to summarize")
     summarize.add_argument("--job-id", help="the job ID (default: cli-<random>)")
     summarize.set_defaults(func=cmd_summarize)
+    publish = sub.add_parser("publish", help="publish a job to the jobs topic (and, with --wait, print its result)")
+    publish.add_argument("--bucket", required=True)
+    where = publish.add_mutually_exclusive_group(required=True)
+    where.add_argument("--prefix", help="a literal key prefix")
+    where.add_argument("--prefix-template", help="a prefix with date placeholders, such as 'events/dt={date-1d}/'")
+    publish.add_argument("--job-id", help="the job ID (default: cli-<random>)")
+    publish.add_argument("--mode", choices=["metadata", "full"])
+    publish.add_argument("--column", action="append", help="a column to summarize (repeatable)")
+    publish.add_argument("--correlation-id", help="the pipeline run this job belongs to")
+    publish.add_argument("--reply-topic", help="the job's own reply topic (in the worker's ALLOWED_REPLY_TOPICS)")
+    publish.add_argument("--reply-attr", action="append", metavar="KEY=VALUE",
+                         help="an attribute for the result message (repeatable)")
+    publish.add_argument("--attr", action="append", metavar="KEY=VALUE",
+                         help="an attribute of the job message (repeatable); passed through to the result")
+    publish.add_argument("--time-zone", help="the time zone of --prefix-template (default: the worker's)")
+    publish.add_argument("--reference-time", help="resolve --prefix-template at this RFC 3339 time (a backfill)")
+    publish.add_argument("--topic", help="the jobs topic (default: $JOBS_TOPIC); short names use $GOOGLE_CLOUD_PROJECT")
+    publish.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    publish.add_argument("--results-topic", help="where to wait (default: the job's reply topic, else $REPLY_TOPIC)")
+    publish.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+    publish.set_defaults(func=cmd_publish)
     trust = sub.add_parser("trust-policy", help="print the IAM role's trust policy (and least-privilege S3 policy)")
     trust.add_argument("--unique-id", required=True, help="the service account's numeric unique ID")
     trust.add_argument("--audience", required=True, help="ID_TOKEN_AUDIENCE")

@@ -52,6 +52,8 @@ env = {
     "AWS_REGION": "$AWS_REGION",
     "ALLOWED_BUCKETS": "$DATA_BUCKET",
     "JOB_DEADLINE_SECONDS": str($TIMEOUT_SECONDS - 60),
+    "TEMPLATE_TIME_ZONE": "$SCHEDULE_TIME_ZONE",
+    "ALLOWED_REPLY_TOPICS": ",".join("${ALLOWED_REPLY_TOPICS:-}".split()),
 }
 print("\n".join(f"{k}: {json.dumps(v)}" for k, v in env.items()))
 PY
@@ -169,6 +171,11 @@ main() {
   say "6/8 IAM"
   gcloud pubsub topics add-iam-policy-binding "$RESULTS_TOPIC" --project="$PROJECT" \
     --member="serviceAccount:$WORKER_SA" --role=roles/pubsub.publisher --quiet >/dev/null
+  local reply
+  for reply in ${ALLOWED_REPLY_TOPICS:-}; do
+    gcloud pubsub topics add-iam-policy-binding "$reply" \
+      --member="serviceAccount:$WORKER_SA" --role=roles/pubsub.publisher --quiet >/dev/null
+  done
   gcloud functions add-invoker-policy-binding "$NAME" --region="$REGION" --project="$PROJECT" \
     --member="serviceAccount:$PUSH_SA" --quiet >/dev/null
   gcloud iam service-accounts add-iam-policy-binding "$PUSH_SA" --project="$PROJECT" \
@@ -194,12 +201,12 @@ main() {
     if exists gcloud scheduler jobs describe "$NAME-schedule" --location="$REGION" --project="$PROJECT"; then
       gcloud scheduler jobs update pubsub "$NAME-schedule" --location="$REGION" --project="$PROJECT" \
         --schedule="$SCHEDULE" --time-zone="$SCHEDULE_TIME_ZONE" --topic="$JOBS_TOPIC" --message-body="$job" \
-        --update-attributes=origin=cloud-scheduler --quiet >/dev/null
+        --update-attributes="schedule=$NAME-schedule" --quiet >/dev/null
       say "scheduler $NAME-schedule: settings applied ($SCHEDULE, $SCHEDULE_TIME_ZONE)"
     else
       gcloud scheduler jobs create pubsub "$NAME-schedule" --location="$REGION" --project="$PROJECT" \
         --schedule="$SCHEDULE" --time-zone="$SCHEDULE_TIME_ZONE" --topic="$JOBS_TOPIC" --message-body="$job" \
-        --attributes=origin=cloud-scheduler --quiet >/dev/null
+        --attributes="schedule=$NAME-schedule" --quiet >/dev/null
       say "scheduler $NAME-schedule: created ($SCHEDULE, $SCHEDULE_TIME_ZONE)"
     fi
   fi

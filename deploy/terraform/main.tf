@@ -24,6 +24,8 @@ locals {
     AWS_REGION           = var.aws_region
     ALLOWED_BUCKETS      = var.data_bucket
     JOB_DEADLINE_SECONDS = tostring(var.timeout_seconds - 60)
+    TEMPLATE_TIME_ZONE   = var.schedule_time_zone
+    ALLOWED_REPLY_TOPICS = join(",", var.allowed_reply_topics)
   }
 }
 
@@ -242,7 +244,8 @@ resource "google_cloud_scheduler_job" "jobs" {
   pubsub_target {
     topic_name = google_pubsub_topic.jobs.id
     data       = base64encode(jsonencode(coalesce(var.scheduled_job, { bucket = var.data_bucket, prefix = local.prefixes[0] })))
-    attributes = { origin = "cloud-scheduler" }
+    # Passed through to the result: which schedule produced it.
+    attributes = { schedule = "${var.name}-schedule" }
   }
 
   depends_on = [google_project_service.apis, google_pubsub_topic_iam_member.scheduler_publishes_jobs]
@@ -255,6 +258,14 @@ resource "google_pubsub_topic_iam_member" "worker_publishes_results" {
   topic   = google_pubsub_topic.results.name
   role    = "roles/pubsub.publisher"
   member  = google_service_account.worker.member
+}
+
+# Jobs may send their results to these topics instead (pipeline stages); they exist elsewhere.
+resource "google_pubsub_topic_iam_member" "worker_publishes_allowed_replies" {
+  for_each = toset(var.allowed_reply_topics)
+  topic    = each.value
+  role     = "roles/pubsub.publisher"
+  member   = google_service_account.worker.member
 }
 
 resource "google_cloud_run_v2_service_iam_member" "push_invokes_worker" {

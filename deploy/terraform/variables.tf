@@ -119,13 +119,13 @@ variable "schedule" {
 }
 
 variable "schedule_time_zone" {
-  description = "Time zone of the cron."
+  description = "Time zone of the cron, and of the dates in prefix_template (TEMPLATE_TIME_ZONE)."
   type        = string
   default     = "Etc/UTC"
 }
 
 variable "scheduled_job" {
-  description = "The job the scheduler publishes (schemas/job.schema.json); null publishes {bucket = data_bucket, prefix = the first of data_prefixes}."
+  description = "The job the scheduler publishes (schemas/job.schema.json), such as { bucket = \"b\", prefix_template = \"events/dt={date-1d:%Y-%m-%d}/\" }; null publishes {bucket = data_bucket, prefix = the first of data_prefixes}."
   type        = any
   default     = null
 }
@@ -140,4 +140,15 @@ variable "kms_key_name" {
   description = "Cloud KMS key that encrypts the three topics (customer-managed); null for Google-managed encryption."
   type        = string
   default     = null
+}
+
+variable "allowed_reply_topics" {
+  description = "Topics (projects/P/topics/T) a job may name as its reply_topic (ALLOWED_REPLY_TOPICS); the worker may publish to them."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for t in var.allowed_reply_topics : can(regex("^projects/[^/]+/topics/[^/]+$", t))])
+    error_message = "allowed_reply_topics are full topic names: projects/P/topics/T."
+  }
 }

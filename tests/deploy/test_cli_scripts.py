@@ -25,20 +25,23 @@ def bash(script: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 def test_the_function_settings_of_the_cli_path_are_read_by_the_worker_and_match_terraform():
     run = bash(f'source "{DEPLOY}" && settings && function_env "{ROLE}"',
-               {"PROJECT": "my-project", "DATA_BUCKET": "my-data", "AWS_REGION": "eu-west-1"})
+               {"PROJECT": "my-project", "DATA_BUCKET": "my-data", "AWS_REGION": "eu-west-1",
+                "ALLOWED_REPLY_TOPICS": "projects/my-project/topics/stage-2"})
     assert run.returncode == 0, run.stderr
     env = {k: json.loads(v) for k, v in (line.split(": ", 1) for line in run.stdout.splitlines())}
     settings = Settings.from_env(env)
     assert settings.role_arn == ROLE and settings.audience == "//iam.amazonaws.com/parquet-summary"
     assert settings.reply_topic == "projects/my-project/topics/parquet-summary-results"
     assert settings.region == "eu-west-1" and settings.allowed_buckets == {"my-data"}
-    assert settings.job_deadline_seconds == 480
+    assert settings.job_deadline_seconds == 480 and settings.template_time_zone == "Etc/UTC"
+    assert settings.allowed_reply_topics == {"projects/my-project/topics/stage-2"}
 
     tf = load()
     scope = {"aws_iam_role.worker.arn": ROLE, "local.audience": "//iam.amazonaws.com/parquet-summary",
              "google_pubsub_topic.results.id": "projects/my-project/topics/parquet-summary-results",
              "var.project": "my-project", "var.aws_region": "eu-west-1", "var.data_bucket": "my-data",
-             "tostring(var.timeout_seconds - 60)": "480"}
+             "tostring(var.timeout_seconds - 60)": "480", "var.schedule_time_zone": "Etc/UTC",
+             'join(",", var.allowed_reply_topics)': "projects/my-project/topics/stage-2"}
     assert env == {k: evaluate(v, scope) for k, v in tf["locals"]["environment"].items()}
 
 

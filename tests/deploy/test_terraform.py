@@ -111,7 +111,9 @@ def test_the_function_settings_are_what_the_worker_reads(tf):
              "local.audience": "//iam.amazonaws.com/parquet-summary",
              "google_pubsub_topic.results.id": "projects/my-project/topics/parquet-summary-results",
              "var.project": "my-project", "var.aws_region": "eu-west-1", "var.data_bucket": "my-data",
-             "tostring(var.timeout_seconds - 60)": str(tf["variable"]["timeout_seconds"]["default"] - 60)}
+             "tostring(var.timeout_seconds - 60)": str(tf["variable"]["timeout_seconds"]["default"] - 60),
+             "var.schedule_time_zone": "Etc/UTC",
+             'join(",", var.allowed_reply_topics)': "projects/my-project/topics/stage-2"}
     env = {k: evaluate(v, scope) for k, v in tf["locals"]["environment"].items()}
     settings = Settings.from_env(env)  # raises ConfigError on any bad value
     assert settings.role_arn == scope["aws_iam_role.worker.arn"]
@@ -126,9 +128,16 @@ def test_the_function_settings_are_what_the_worker_reads(tf):
 def test_the_worker_account_may_only_publish_results(tf):
     worker_grants = [(t, r) for t in tf["resource"] if t.endswith(("_iam_member", "_iam_binding", "_iam_policy"))
                      for r in resources(tf, t).values() if "google_service_account.worker" in json.dumps(r)]
-    assert worker_grants == [("google_pubsub_topic_iam_member", {
-        "project": "${var.project}", "topic": "${google_pubsub_topic.results.name}",
-        "role": "roles/pubsub.publisher", "member": "${google_service_account.worker.member}"})]
+    assert worker_grants == [
+        ("google_pubsub_topic_iam_member", {"project": "${var.project}", "topic": "${google_pubsub_topic.results.name}",
+                                            "role": "roles/pubsub.publisher",
+                                            "member": "${google_service_account.worker.member}"}),
+        ("google_pubsub_topic_iam_member", {"for_each": "${toset(var.allowed_reply_topics)}", "topic": "${each.value}",
+                                            "role": "roles/pubsub.publisher",
+                                            "member": "${google_service_account.worker.member}"}),
+    ]
+    # ... and those are the topics a job may name as its reply_topic.
+    assert tf["locals"]["environment"]["ALLOWED_REPLY_TOPICS"] == '${join(",", var.allowed_reply_topics)}'
 
 
 def test_the_scheduler_publishes_a_valid_job_to_the_jobs_topic(tf):
@@ -139,6 +148,10 @@ def test_the_scheduler_publishes_a_valid_job_to_the_jobs_topic(tf):
     for prefix in ("", "events/"):
         Draft202012Validator(load_schema("job")).validate({"bucket": "my-data", "prefix": prefix})
     assert tf["variable"]["schedule"]["default"].count(" ") == 4  # a five-field cron
+    # The schedule that produced a result is one of its pass-through attributes.
+    assert target["attributes"] == {"schedule": "${var.name}-schedule"}
+    # Template dates are taken in the cron's own zone.
+    assert tf["locals"]["environment"]["TEMPLATE_TIME_ZONE"] == "${var.schedule_time_zone}"
 
 
 def test_outputs_give_the_role_topics_and_a_first_job_command(tf):

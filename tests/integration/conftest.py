@@ -10,7 +10,8 @@ from jsonschema import Draft202012Validator
 from worker.devstack.stack import LocalStack
 from worker.jobs import load_schema
 
-ALLOWED = [f"it-bucket-{i:02d}" for i in range(40)]
+ALLOWED = [f"it-bucket-{i:03d}" for i in range(200)]
+NEVER_CREATED = ALLOWED[-1]  # allowed, and no test makes it
 RESULT_SCHEMA = Draft202012Validator(load_schema("result"))
 
 
@@ -32,7 +33,7 @@ _names = itertools.count()
 @pytest.fixture
 def bucket():
     """A fresh bucket name from ALLOWED_BUCKETS (created by ``stack.put_objects``)."""
-    return ALLOWED[next(_names)]
+    return ALLOWED[:-1][next(_names)]
 
 
 @pytest.fixture

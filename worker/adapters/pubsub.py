@@ -6,6 +6,11 @@ points it at Google's emulator.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import time
+import uuid
+
 from google.api_core import exceptions as google_errors
 from google.cloud import pubsub_v1
 
@@ -42,3 +47,84 @@ class ResultPublisher:
                 raise
             raise Forbidden(f"the worker may not publish to reply_topic {topic!r} (grant it roles/pubsub.publisher)"
                             ) from None
+
+
+def topic_path(name: str, project: str | None) -> str:
+    """``projects/P/topics/T`` from a full path, or from a short name and a project."""
+    if name.startswith("projects/"):
+        return name
+    if not project:
+        raise ValueError(f"topic {name!r} is a short name: give projects/P/topics/T or set GOOGLE_CLOUD_PROJECT")
+    return f"projects/{project}/topics/{name}"
+
+
+def publish_job(topic: str, job: dict, attributes: dict[str, str] | None = None,
+                client: pubsub_v1.PublisherClient | None = None) -> str:
+    """Publish a job message (compact JSON) with ``attributes``; return its message ID."""
+    client = client or pubsub_v1.PublisherClient()
+    data = json.dumps(job, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return client.publish(topic, data, **(attributes or {})).result(timeout=PUBLISH_TIMEOUT_S)
+
+
+class ResultWaiter:
+    """Subscriptions of its own on the results topics, made before the job is published (so its result
+    cannot be missed) and deleted afterwards; it waits for the result of one job ID on any of them
+    (a job's own reply topic, and the default one where a refused reply topic is reported).
+
+    The subscriptions filter on ``attributes.job_id``; Google's emulator accepts a filter without
+    applying it, so the attribute is checked here too."""
+
+    def __init__(self, topics: list[str], job_id: str, subscriber: pubsub_v1.SubscriberClient | None = None):
+        self.job_id = job_id
+        self._subscriber = subscriber or pubsub_v1.SubscriberClient()
+        self.subscriptions: dict[str, str] = {}
+        for topic in dict.fromkeys(topics):
+            _, project, _, topic_id = topic.split("/")
+            self.subscriptions[topic] = (f"projects/{project}/subscriptions/"
+                                         f"{topic_id[:200]}-wait-{uuid.uuid4().hex[:8]}")
+
+    def __enter__(self) -> ResultWaiter:
+        self.missing: list[str] = []
+        try:
+            for topic, subscription in list(self.subscriptions.items()):
+                try:
+                    self._subscriber.create_subscription(request={
+                        "name": subscription, "topic": topic, "ack_deadline_seconds": 60,
+                        "filter": f'attributes.job_id = "{self.job_id}"',
+                        "expiration_policy": {"ttl": {"seconds": 24 * 3600}}})  # a leftover goes away by itself
+                except google_errors.NotFound:  # no result can come on a topic that does not exist
+                    del self.subscriptions[topic]
+                    self.missing.append(topic)
+            if not self.subscriptions:
+                raise ValueError(f"no results topic to wait on: {', '.join(self.missing)} does not exist")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for subscription in self.subscriptions.values():
+            with contextlib.suppress(google_errors.GoogleAPICallError):
+                self._subscriber.delete_subscription(request={"subscription": subscription})
+
+    def wait(self, timeout: float) -> tuple[dict, dict[str, str]] | None:
+        """The result and its attributes, or None after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for subscription in self.subscriptions.values():
+                try:
+                    response = self._subscriber.pull(
+                        request={"subscription": subscription, "max_messages": 50, "return_immediately": True},
+                        timeout=10.0)
+                except (google_errors.DeadlineExceeded, google_errors.NotFound):
+                    continue
+                if not response.received_messages:
+                    continue
+                self._subscriber.acknowledge(request={"subscription": subscription,
+                                                      "ack_ids": [m.ack_id for m in response.received_messages]})
+                for received in response.received_messages:
+                    attributes = dict(received.message.attributes)
+                    if attributes.get("job_id") == self.job_id:
+                        return json.loads(received.message.data), attributes
+            time.sleep(0.2)
+        return None

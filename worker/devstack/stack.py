@@ -209,9 +209,10 @@ class LocalStack:
         response.raise_for_status()
         return response.json()
 
-    def sts_calls(self) -> int:
-        """How many AssumeRoleWithWebIdentity calls STS (moto) has answered."""
-        return len(self.moto_state().get("sts", {}).get("AssumedRole", []))
+    def sts_calls(self, role_arn: str | None = None) -> int:
+        """How many AssumeRoleWithWebIdentity calls STS (moto) has answered (for one role, if given)."""
+        sessions = self.moto_state().get("sts", {}).get("AssumedRole", [])
+        return sum(1 for s in sessions if role_arn is None or s.get("role_arn") == role_arn)
 
     def _create_role(self) -> None:
         iam = self.aws_client("iam")
