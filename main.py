@@ -4,8 +4,10 @@ Deploy with ``--entry-point handle_pubsub`` for Pub/Sub jobs (Eventarc or a push
 subscription) or ``--entry-point handle_http`` for jobs posted as JSON.
 """
 
+import flask
 import functions_framework
 
+from worker.adapters import push
 from worker.app import get_worker, http_response
 from worker.config import Settings
 from worker.logs import setup_logging
@@ -13,6 +15,9 @@ from worker.logs import setup_logging
 setup_logging()
 # Read at start, so a missing setting fails the deployment loudly, naming the variable.
 SETTINGS = Settings.from_env()
+# functions-framework runs this module inside its app's context: answer attribute-only pushes too.
+if flask.has_app_context():
+    push.install(flask.current_app._get_current_object())
 
 
 @functions_framework.cloud_event

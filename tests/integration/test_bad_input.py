@@ -1,0 +1,56 @@
+"""Bad input through the real function: any message body, any attributes, and a message with no body
+at all are answered 200 (so Pub/Sub does not redeliver them) with one invalid_job result each."""
+
+import base64
+import json
+import re
+import uuid
+
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+bodies = st.binary(max_size=3000) | st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=300),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=20), inner, max_size=3),
+    max_leaves=10).map(lambda v: json.dumps(v).encode()) | st.sampled_from([
+        b"", b"{", b'{"bucket": "abc"}', b'{"bucket": "abc", "prefix_template": "x/{nope}/"}',
+        b'{"bucket": "abc", "prefix": "\\u0000"}', b"[" * 50_000 + b"]" * 50_000, b"x" * 200_000])
+attributes = st.dictionaries(st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=30)
+                             .filter(lambda k: not k.startswith("goog")), st.text(max_size=100), max_size=4)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(body=bodies, attrs=attributes, with_data=st.booleans())
+def test_any_push_is_answered_200_with_one_invalid_job_or_a_job(stack, body, attrs, with_data):
+    message_id = f"prop-{uuid.uuid4().hex}"
+    message = {"messageId": message_id, "publishTime": "2026-11-28T03:00:00.123Z", "attributes": attrs}
+    if with_data:
+        message["data"] = base64.b64encode(body).decode()
+    envelope = {"message": message, "subscription": "projects/p/subscriptions/s"}
+    response = requests.post(stack.push_endpoint(), json=envelope, timeout=60)
+    assert response.status_code == 200, response.text[:500]
+    result, _ = stack.inbox.wait_one(_key(body, message_id, with_data), timeout=60)
+    assert result["message_id"] == message_id
+    assert result["status"] == "ok" or result["error"]["code"] in ("invalid_job", "forbidden", "not_found")
+
+
+def _key(body: bytes, message_id: str, with_data: bool) -> str:
+    """The job ID the result is keyed by: the job's own when it gave a valid one."""
+    try:
+        job_id = json.loads(body).get("job_id") if with_data else None
+    except (ValueError, AttributeError, RecursionError):
+        job_id = None
+    valid = isinstance(job_id, str) and re.fullmatch(r"[A-Za-z0-9._:@/+=-]{1,128}", job_id)
+    return job_id if valid else message_id
+
+
+def test_a_message_with_attributes_and_no_body_is_answered_once(stack):
+    message_id = stack.publisher.publish(stack.jobs_topic, b"", origin="attributes-only").result(timeout=30)
+    result, attributes = stack.inbox.wait_one(message_id)
+    assert result["error"]["code"] == "invalid_job" and "no data" in result["error"]["message"]
+    assert attributes["origin"] == "attributes-only"
+    for _ in range(3):
+        stack.inbox.drain()
+    assert len(stack.inbox.by_job[message_id]) == 1  # answered, not redelivered
