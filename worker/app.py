@@ -19,7 +19,8 @@ def build_storage(settings: Settings):
     from worker.adapters.aws import AwsStorage, role_session_name
 
     if not settings.role_arn:
-        return AwsStorage.default_chain(region=settings.region, max_connections=settings.read_concurrency)
+        return AwsStorage.default_chain(region=settings.region, max_connections=settings.read_concurrency,
+                                        max_attempts=settings.aws_max_attempts)
     from worker.adapters.google import token_source
 
     return AwsStorage.federated(
@@ -30,6 +31,7 @@ def build_storage(settings: Settings):
         region=settings.region,
         duration_seconds=settings.sts_duration_seconds,
         max_connections=settings.read_concurrency,
+        max_attempts=settings.aws_max_attempts,
     )
 
 

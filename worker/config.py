@@ -31,6 +31,7 @@ TOKEN_SOURCES = ("metadata", "impersonate", "file")
 FULL_MODE_CONCURRENCY = "FULL_MODE_CONCURRENCY"
 ALLOWED_REPLY_TOPICS = "ALLOWED_REPLY_TOPICS"
 TEMPLATE_TIME_ZONE = "TEMPLATE_TIME_ZONE"
+AWS_MAX_ATTEMPTS = "AWS_MAX_ATTEMPTS"
 K_SERVICE = "K_SERVICE"
 K_REVISION = "K_REVISION"
 
@@ -57,6 +58,7 @@ class Settings:
     token_file: str | None = None
     allowed_reply_topics: frozenset[str] = frozenset()
     template_time_zone: str = "UTC"
+    aws_max_attempts: int = 5
     service: str = "parquet-summary"
     revision: str = "local"
 
@@ -107,6 +109,8 @@ class Settings:
             zone(time_zone)
         except TemplateError as e:
             problems.append(f"{TEMPLATE_TIME_ZONE}: {e}")
+        # botocore's own variable: attempts per S3 request (first try included) before the job is handed back.
+        max_attempts = _int(get(AWS_MAX_ATTEMPTS), AWS_MAX_ATTEMPTS, 5, 1, 10, problems)
         read_concurrency = _int(get(READ_CONCURRENCY), READ_CONCURRENCY, 32, 1, 256, problems)
         duration = _int(get(STS_DURATION_SECONDS), STS_DURATION_SECONDS, 3600, 900, 43200, problems)
         # Event-driven functions stop at 540 s: by default a job stops at 480 s and says how far it got.
@@ -138,6 +142,7 @@ class Settings:
             token_file=get(ID_TOKEN_FILE) or None,
             allowed_reply_topics=frozenset(allowed_reply_topics),
             template_time_zone=time_zone,
+            aws_max_attempts=max_attempts,
             service=get(K_SERVICE) or "parquet-summary",
             revision=get(K_REVISION) or "local",
         )

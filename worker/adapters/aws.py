@@ -102,13 +102,14 @@ class AwsStorage:
     """S3 through one botocore session: federated (the function) or boto3's default chain (the CLI)."""
 
     def __init__(self, session: botocore.session.Session, *, region: str, max_connections: int = 32,
-                 token_source: Callable[[], str] | None = None):
+                 token_source: Callable[[], str] | None = None, max_attempts: int = 5):
         # The worker reads no timestamp from S3 (LastModified in listings and GETs); botocore's
         # default dateutil parsing of them costs about half a millisecond per object.
         session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
         self.session = session
         self.region = region
         self.max_connections = max_connections
+        self.max_attempts = max_attempts  # per S3 request, first try included (botocore's AWS_MAX_ATTEMPTS)
         self._s3 = None
         self._http: urllib3.PoolManager | None = None
         self._lock = threading.Lock()
@@ -116,7 +117,7 @@ class AwsStorage:
 
     @classmethod
     def federated(cls, role_arn: str, token_source: Callable[[], str], *, session_name: str, region: str,
-                  duration_seconds: int = 3600, max_connections: int = 32,
+                  duration_seconds: int = 3600, max_connections: int = 32, max_attempts: int = 5,
                   session: botocore.session.Session | None = None,
                   time_fetcher: Callable[[], datetime.datetime] | None = None) -> AwsStorage:
         """Credentials only from AssumeRoleWithWebIdentity with ``token_source``'s ID token.
@@ -144,12 +145,14 @@ class AwsStorage:
         credentials._advisory_refresh_timeout = min(15 * 60, duration_seconds // 4)
         credentials._mandatory_refresh_timeout = min(10 * 60, duration_seconds // 6)
         session.register_component("credential_provider", CredentialResolver([_Provider(credentials)]))
-        return cls(session, region=region, max_connections=max_connections, token_source=token_source)
+        return cls(session, region=region, max_connections=max_connections, token_source=token_source,
+                   max_attempts=max_attempts)
 
     @classmethod
-    def default_chain(cls, *, region: str, max_connections: int = 32) -> AwsStorage:
+    def default_chain(cls, *, region: str, max_connections: int = 32, max_attempts: int = 5) -> AwsStorage:
         """boto3's default credential chain (environment, profile, ...): for the CLI off Google Cloud."""
-        return cls(botocore.session.get_session(), region=region, max_connections=max_connections)
+        return cls(botocore.session.get_session(), region=region, max_connections=max_connections,
+                   max_attempts=max_attempts)
 
     def ensure_credentials(self) -> None:
         """Have valid credentials now: call STS if none are cached or they are near expiry."""
@@ -181,7 +184,8 @@ class AwsStorage:
         if self._http is None:
             with self._lock:
                 if self._http is None:
-                    self._http = urllib3.PoolManager(maxsize=self.max_connections, retries=READ_RETRY,
+                    self._http = urllib3.PoolManager(maxsize=self.max_connections,
+                                                     retries=read_retry(self.max_attempts),
                                                      timeout=urllib3.Timeout(connect=5, read=30), block=False)
         return self._http
 
@@ -192,7 +196,7 @@ class AwsStorage:
                 if self._s3 is None:
                     config = Config(
                         max_pool_connections=self.max_connections,
-                        retries={"mode": "standard", "total_max_attempts": 5},
+                        retries={"mode": "standard", "total_max_attempts": self.max_attempts},
                         connect_timeout=5,
                         read_timeout=30,
                         # Ranged reads carry no whole-object checksum to check; asking for one
@@ -221,11 +225,14 @@ def translate(error: Exception, operation: str) -> Exception:
     return error
 
 
-# Ranged reads retry like botocore's standard mode: 5 attempts in all, exponential backoff,
-# on connection faults, throttling (429, 503 SlowDown) and 5xx; then the job is handed back.
-READ_RETRY = urllib3.Retry(total=4, connect=4, read=4, status=4, other=0, backoff_factor=0.2, backoff_max=5,
-                           status_forcelist=(429, 500, 502, 503, 504), allowed_methods=frozenset({"GET"}),
-                           raise_on_status=False, respect_retry_after_header=True)
+def read_retry(max_attempts: int = 5) -> urllib3.Retry:
+    """Ranged reads retry like botocore's standard mode: ``max_attempts`` in all (5), exponential backoff,
+    on connection faults, throttling (429, 503 SlowDown) and 5xx; then the job is handed back."""
+    again = max_attempts - 1
+    return urllib3.Retry(total=again, connect=again, read=again, status=again, other=0, backoff_factor=0.2,
+                         backoff_max=5, status_forcelist=(429, 500, 502, 503, 504),
+                         allowed_methods=frozenset({"GET"}), raise_on_status=False, respect_retry_after_header=True)
+
 _ERROR_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 _ERROR_MESSAGE = re.compile(rb"<Message>([^<]{0,300})</Message>")
 

@@ -4,8 +4,10 @@ faults: the tests see what reached "AWS" (methods, paths, user agents) and make 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import random
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,7 +37,7 @@ class RecordingProxy:
 
     def __init__(self, upstream: str, *, fail_rate: float = 0.0, seed: int = 0,
                  should_fail: Callable[[str, str], bool] | None = None,
-                 answer: Callable[[str, str, bytes], tuple[int, bytes] | None] | None = None):
+                 answer: Callable[[str, str, bytes], tuple[int, bytes] | None] | None = None, port: int = 0):
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.fail_rate = fail_rate
@@ -45,7 +47,9 @@ class RecordingProxy:
         self.seen: list[Seen] = []
         self._random = random.Random(seed)  # noqa: S311 (a reproducible fault pattern, not a secret)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._connections: set[socket.socket] = set()
+        # ``port``: come back where a stopped proxy was, as a restarted endpoint does.
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
 
     @property
@@ -57,9 +61,19 @@ class RecordingProxy:
         threading.Thread(target=self._server.serve_forever, name="recording-proxy", daemon=True).start()
         return self
 
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
     def stop(self) -> None:
+        """Go away: stop listening and cut the open (keep-alive) connections, as a dead endpoint does."""
         self._server.shutdown()
         self._server.server_close()
+        with self._lock:
+            connections, self._connections = set(self._connections), set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> RecordingProxy:
         return self.start()
@@ -82,6 +96,17 @@ def _handler_for(proxy: RecordingProxy) -> type[BaseHTTPRequestHandler]:
 
         def log_message(self, *args) -> None:
             pass
+
+        def setup(self) -> None:
+            super().setup()
+            with proxy._lock:
+                proxy._connections.add(self.connection)
+
+        def finish(self) -> None:
+            with proxy._lock:
+                proxy._connections.discard(self.connection)
+            with contextlib.suppress(OSError):
+                super().finish()
 
         def _forward(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
