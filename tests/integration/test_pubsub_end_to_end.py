@@ -18,7 +18,8 @@ def test_recipe_file(stack, bucket, run_job):
     assert result["statistics"]["score"] == {"null_count": 0, "min": 79.25, "max": 91.5}
     assert result["message_id"] == message_id and result["job_id"] == "recipe-1"
     assert (result["bucket"], result["prefix"]) == (bucket, "recipe/")
-    assert attributes == {"job_id": "recipe-1", "status": "ok", "source_message_id": message_id}
+    assert attributes == {"job_id": "recipe-1", "status": "ok", "source_message_id": message_id,
+                          "correlation_id": "recipe-1"}
     assert set(result["timings_ms"]) == {"federation", "listing", "reading", "total"}
 
 
