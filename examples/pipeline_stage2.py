@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 from google.cloud import pubsub_v1
 
-from worker.adapters.pubsub import publish_job
+from worker.adapters.pubsub import publish_job, pull_now
 
 STAGE = "profile"
 
@@ -76,13 +76,11 @@ def run(results_topic: str, jobs_topic: str, correlation_id: str, *, max_jobs: i
     quiet_since = time.monotonic()
     try:
         while time.monotonic() - quiet_since < timeout and (max_jobs is None or len(started) < max_jobs):
-            response = subscriber.pull(request={"subscription": subscription, "max_messages": 10,
-                                                "return_immediately": True}, timeout=10.0)
-            if not response.received_messages:
-                time.sleep(0.2)
+            messages = pull_now(subscriber, subscription, max_messages=10, wait_s=1.0)
+            if not messages:
                 continue
             quiet_since = time.monotonic()
-            for received in response.received_messages:
+            for received in messages:
                 message = received.message
                 if wanted(dict(message.attributes), correlation_id):
                     job = next_job(json.loads(message.data))

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from worker.config import Settings
@@ -92,9 +93,14 @@ def test_every_gcloud_command_of_the_script_exists_with_its_flags():
             words = tuple(w for w in call[0].split() if w)
             commands.setdefault(words, set()).update(re.findall(r"(--[a-z][a-z0-9-]*)", call[1]))
     assert ("functions", "deploy") in commands and len(commands) > 10
+    def help_of(path: tuple[str, ...]) -> subprocess.CompletedProcess:
+        return subprocess.run(["gcloud", *path, "--help"], capture_output=True, text=True, timeout=120,
+                              env=os.environ | {"PAGER": "cat", "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"})
+
+    with ThreadPoolExecutor(4) as pool:
+        helps = dict(zip(commands, pool.map(help_of, commands), strict=True))
     for path, flags in commands.items():
-        helped = subprocess.run(["gcloud", *path, "--help"], capture_output=True, text=True, timeout=60,
-                                env=os.environ | {"PAGER": "cat", "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"})
+        helped = helps[path]
         assert helped.returncode == 0, f"gcloud {' '.join(path)}: {helped.stderr[-500:]}"
         usage = re.sub(r"\x1b\[[0-9;]*m", "", helped.stdout)
         for flag in flags - {"--quiet", "--project", "--format", "--filter", "--help"}:

@@ -49,6 +49,17 @@ class ResultPublisher:
                             ) from None
 
 
+def pull_now(subscriber: pubsub_v1.SubscriberClient, subscription: str, *, max_messages: int = 100,
+             wait_s: float = 1.0) -> list:
+    """The messages waiting on ``subscription``, waiting at most ``wait_s`` for some (not acknowledged)."""
+    try:
+        response = subscriber.pull(request={"subscription": subscription, "max_messages": max_messages},
+                                   timeout=wait_s, retry=None)
+    except google_errors.DeadlineExceeded:
+        return []
+    return list(response.received_messages)
+
+
 def topic_path(name: str, project: str | None) -> str:
     """``projects/P/topics/T`` from a full path, or from a short name and a project."""
     if name.startswith("projects/"):
@@ -113,18 +124,15 @@ class ResultWaiter:
         while time.monotonic() < deadline:
             for subscription in self.subscriptions.values():
                 try:
-                    response = self._subscriber.pull(
-                        request={"subscription": subscription, "max_messages": 50, "return_immediately": True},
-                        timeout=10.0)
-                except (google_errors.DeadlineExceeded, google_errors.NotFound):
+                    received = pull_now(self._subscriber, subscription, max_messages=50, wait_s=0.5)
+                except google_errors.NotFound:
                     continue
-                if not response.received_messages:
+                if not received:
                     continue
                 self._subscriber.acknowledge(request={"subscription": subscription,
-                                                      "ack_ids": [m.ack_id for m in response.received_messages]})
-                for received in response.received_messages:
-                    attributes = dict(received.message.attributes)
+                                                      "ack_ids": [m.ack_id for m in received]})
+                for message in received:
+                    attributes = dict(message.message.attributes)
                     if attributes.get("job_id") == self.job_id:
-                        return json.loads(received.message.data), attributes
-            time.sleep(0.2)
+                        return json.loads(message.message.data), attributes
         return None

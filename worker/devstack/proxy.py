@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import random
 import socket
 import threading
@@ -35,11 +36,13 @@ class RecordingProxy:
     """Forwards to ``upstream`` (``http://host:port``); ``fail_rate`` of the requests that
     ``should_fail`` selects are answered 503 SlowDown instead, as S3 does when throttling."""
 
-    def __init__(self, upstream: str, *, fail_rate: float = 0.0, seed: int = 0,
+    def __init__(self, upstream: str | list[str], *, fail_rate: float = 0.0, seed: int = 0,
                  should_fail: Callable[[str, str], bool] | None = None,
                  answer: Callable[[str, str, bytes], tuple[int, bytes] | None] | None = None, port: int = 0):
-        parts = urlsplit(upstream)
-        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        # Several upstreams are taken in turn: a load balancer in front of function instances.
+        self.upstreams = [(p.hostname or "127.0.0.1", p.port or 80)
+                          for p in map(urlsplit, [upstream] if isinstance(upstream, str) else upstream)]
+        self._turn = itertools.cycle(self.upstreams)
         self.fail_rate = fail_rate
         self.should_fail = should_fail or (lambda method, path: method == "GET")
         # answer(method, path, body) -> (status, XML body) answers a request itself instead of forwarding it
@@ -132,7 +135,9 @@ def _handler_for(proxy: RecordingProxy) -> type[BaseHTTPRequestHandler]:
                 return
             # The Host header is passed on unchanged: the client signed it.
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-            connection = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+            with proxy._lock:
+                upstream = next(proxy._turn)
+            connection = http.client.HTTPConnection(*upstream, timeout=600)
             try:
                 connection.request(self.command, self.path, body=body, headers=headers)
                 response = connection.getresponse()

@@ -19,6 +19,7 @@ from pathlib import Path
 import boto3
 import requests
 
+from worker.adapters.pubsub import pull_now
 from worker.devstack.metadata import MetadataDouble
 from worker.devstack.processes import Service, free_port, signals_held
 from worker.policies import permissions_policy, trust_policy
@@ -306,10 +307,9 @@ class ResultInbox:
         self.by_job: dict[str, list[tuple[dict, dict[str, str]]]] = defaultdict(list)
 
     def drain(self, wait_s: float = 1.0) -> int:
-        """Pull and acknowledge what is there now; return how many messages arrived."""
-        response = self._subscriber.pull(request={"subscription": self._subscription, "max_messages": 100},
-                                         timeout=wait_s + 5)
-        messages = response.received_messages
+        """Pull and acknowledge what is there now (waiting up to ``wait_s`` when nothing is); return how
+        many messages arrived."""
+        messages = pull_now(self._subscriber, self._subscription, max_messages=100, wait_s=wait_s)
         if messages:
             self._subscriber.acknowledge(request={"subscription": self._subscription,
                                                   "ack_ids": [m.ack_id for m in messages]})
@@ -325,8 +325,7 @@ class ResultInbox:
         while len(self.by_job.get(job_id, ())) < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no result for job {job_id!r} after {timeout:.0f}s")
-            if not self.drain():
-                time.sleep(0.2)
+            self.drain(wait_s=0.1)
         return self.by_job[job_id][:count]
 
     def wait_one(self, job_id: str, timeout: float = 60.0) -> tuple[dict, dict[str, str]]:

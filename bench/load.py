@@ -1,0 +1,140 @@
+"""A burst of jobs through the whole local stack, and what came back.
+
+For each number of function instances asked for (``--instances 1 3``), it starts them behind a
+round-robin balancer (as Cloud Run spreads pushes over instances), points one push subscription of
+the Pub/Sub emulator at it, publishes ``--jobs`` jobs at once and counts the results on the reply
+topic: every job answered, none lost, duplicates counted and explained. It prints throughput, the
+latency from publish to result (p50/p95/p99), peak memory of the function processes, and STS calls.
+With ``--s3-fail-rate`` S3 answers that share of GETs with 503 SlowDown (a proxy in front of moto)
+and the table adds how many S3 attempts and redeliveries the burst needed.
+
+    .venv/bin/python bench/load.py [--jobs 1000] [--instances 1 3] [--s3-fail-rate 0.1]
+
+A benchmark, not a test: the figures depend on the machine (2 cores here, shared with the emulator,
+moto and this script); compare the rows of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from worker.devstack.datasets import sample_objects
+from worker.devstack.proxy import RecordingProxy
+from worker.devstack.stack import LocalStack
+
+
+def peak_rss_mib(leader_pid: int) -> float:
+    """The largest VmHWM (peak resident memory) among the processes of the leader's process group."""
+    peak = 0
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[2]) != leader_pid:
+                continue
+            for line in Path(f"/proc/{entry}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except OSError:
+            continue
+    return peak / 1024
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def one_burst(stack: LocalStack, n_instances: int, jobs: int, prefix: str, fail_rate: float) -> dict:
+    run = uuid.uuid4().hex[:6]
+    s3 = RecordingProxy(stack.aws_endpoint, fail_rate=fail_rate, seed=7).start()
+    functions = [stack.start_function(f"load-{run}-{i}", AWS_ENDPOINT_URL=s3.url) for i in range(n_instances)]
+    balancer = RecordingProxy([f"http://{fn.address}" for fn in functions]).start()
+    topic = f"projects/{stack.project}/topics/load-{run}"
+    stack.publisher.create_topic(name=topic)
+    stack.subscriber.create_subscription(request={
+        "name": f"projects/{stack.project}/subscriptions/load-{run}", "topic": topic, "ack_deadline_seconds": 600,
+        "push_config": {"push_endpoint": f"{balancer.url}/{topic}"}})
+    sts_before = stack.sts_calls(stack.role_arn)
+    ids = [f"load-{run}-{i:05d}" for i in range(jobs)]
+    published: dict[str, float] = {}
+    started = time.perf_counter()
+    futures = []
+    for job_id in ids:
+        published[job_id] = time.perf_counter()
+        futures.append(stack.publisher.publish(topic, json.dumps(
+            {"bucket": "demo-data", "prefix": prefix, "job_id": job_id}).encode()))
+    for future in futures:
+        future.result(timeout=60)
+    publish_s = time.perf_counter() - started
+    received: dict[str, list[float]] = collections.defaultdict(list)
+    statuses: collections.Counter = collections.Counter()
+    inbox = stack.inbox
+    assert inbox is not None
+    deadline = time.monotonic() + 900
+    while len(received) < jobs and time.monotonic() < deadline:
+        before = {k: len(v) for k, v in inbox.by_job.items()}
+        if not inbox.drain(wait_s=0.5):
+            continue
+        now = time.perf_counter()
+        for job_id, results in inbox.by_job.items():
+            for result, _ in results[before.get(job_id, 0):]:
+                if job_id in published:
+                    received[job_id].append(now)
+                    statuses[result["status"]] += 1
+    elapsed = max(max(v) for v in received.values()) - started if received else float("nan")
+    time.sleep(3)
+    for _ in range(3):  # late duplicates
+        inbox.drain(wait_s=0.5)
+    duplicates = sum(max(0, len(inbox.by_job.get(j, [])) - 1) for j in ids)
+    latencies = [(received[j][0] - published[j]) * 1000 for j in ids if j in received]
+    logs = "".join(fn.log_tail(10_000_000) for fn in functions)
+    row = {
+        "instances": n_instances, "jobs": jobs, "answered": len(received), "lost": jobs - len(received),
+        "duplicates": duplicates, "ok": statuses["ok"], "publish_s": publish_s, "elapsed_s": elapsed,
+        "jobs_per_s": len(received) / elapsed, "p50": pct(latencies, 0.5), "p95": pct(latencies, 0.95),
+        "p99": pct(latencies, 0.99), "peak_rss": max(peak_rss_mib(fn.process.pid) for fn in functions),
+        "sts": stack.sts_calls(stack.role_arn) - sts_before, "redelivered": logs.count("job will be retried"),
+        "s3_gets": sum(1 for s in s3.seen if s.method == "GET"), "s3_injected": sum(s.injected for s in s3.seen),
+    }
+    for fn in functions:
+        fn.stop()
+    balancer.stop()
+    s3.stop()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--instances", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--prefix", default="recipe/", help="of the demo dataset: recipe/ (1 file) or events/ (6)")
+    parser.add_argument("--s3-fail-rate", type=float, default=0.0)
+    args = parser.parse_args()
+    with LocalStack(Path(tempfile.mkdtemp(prefix="bench-load-")), allowed_buckets="demo-data") as stack:
+        stack.put_objects("demo-data", sample_objects())
+        rows = [one_burst(stack, n, args.jobs, args.prefix, args.s3_fail_rate) for n in args.instances]
+    print(f"burst of {args.jobs} jobs on s3://demo-data/{args.prefix}, S3 fail rate {args.s3_fail_rate:.0%}, "
+          f"{os.cpu_count()} cores; latency = publish -> result pulled (ms)")
+    header = ["instances", "answered", "lost", "duplicates", "ok", "jobs/s", "p50", "p95", "p99", "peak RSS MiB",
+              "STS calls", "redelivered", "S3 GETs", "503s injected"]
+    print(" | ".join(header))
+    print(" | ".join("---" for _ in header))
+    for r in rows:
+        print(" | ".join(str(x) for x in (
+            r["instances"], r["answered"], r["lost"], r["duplicates"], r["ok"], f"{r['jobs_per_s']:.1f}",
+            f"{r['p50']:.0f}", f"{r['p95']:.0f}", f"{r['p99']:.0f}", f"{r['peak_rss']:.0f}", r["sts"],
+            r["redelivered"], r["s3_gets"], r["s3_injected"])))
+
+
+if __name__ == "__main__":
+    main()
