@@ -185,6 +185,13 @@ def summarize_listing(store: ObjectStore, listed: list[tuple[str, int]], *, conc
         except NotFound:
             return Summary.of_skipped(key, "object disappeared after it was listed")
 
+    if len(to_read) == 1:  # one object: no pool of threads to start and stop for it
+        if late():
+            raise DeadlineReached(to_read[0][0], 0, 1)
+        total.add(one(to_read[0]))
+        if on_progress is not None:
+            on_progress(1, 1)
+        return total.build()
     done = 0
     with ThreadPoolExecutor(max_workers=min(concurrency, len(to_read)), thread_name_prefix="reader") as pool:
         in_flight: set = set()

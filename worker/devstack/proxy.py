@@ -102,12 +102,15 @@ def _handler_for(proxy: RecordingProxy) -> type[BaseHTTPRequestHandler]:
 
         def setup(self) -> None:
             super().setup()
+            self._upstream: http.client.HTTPConnection | None = None
             with proxy._lock:
                 proxy._connections.add(self.connection)
 
         def finish(self) -> None:
             with proxy._lock:
                 proxy._connections.discard(self.connection)
+            if self._upstream is not None:
+                self._upstream.close()
             with contextlib.suppress(OSError):
                 super().finish()
 
@@ -135,15 +138,18 @@ def _handler_for(proxy: RecordingProxy) -> type[BaseHTTPRequestHandler]:
                 return
             # The Host header is passed on unchanged: the client signed it.
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-            with proxy._lock:
-                upstream = next(proxy._turn)
-            connection = http.client.HTTPConnection(*upstream, timeout=600)
+            # One upstream connection per client connection, kept alive across its requests.
+            if self._upstream is None:
+                with proxy._lock:
+                    self._upstream = http.client.HTTPConnection(*next(proxy._turn), timeout=600)
             try:
-                connection.request(self.command, self.path, body=body, headers=headers)
-                response = connection.getresponse()
+                self._upstream.request(self.command, self.path, body=body, headers=headers)
+                response = self._upstream.getresponse()
                 data = response.read()
-            finally:
-                connection.close()
+            except (OSError, http.client.HTTPException):
+                self._upstream.close()
+                self._upstream = None
+                raise
             proxy._record(Seen(self.command, self.path, agent, response.status, False))
             self.send_response(response.status)
             for key, value in response.getheaders():

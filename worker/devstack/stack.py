@@ -129,14 +129,19 @@ class LocalStack:
         self.services.append(service)
         return service
 
-    def _ff_argv(self, target: str, signature: str) -> list[str]:
+    def _ff_argv(self, target: str, signature: str, source: Path | None = None) -> list[str]:
         return [sys.executable, "-m", "functions_framework", "--target", target, "--signature-type", signature,
-                "--source", str(REPO / "main.py"), "--host", "127.0.0.1", "--port", "{port}"]
+                "--source", str(source or REPO / "main.py"), "--host", "127.0.0.1", "--port", "{port}"]
 
-    def start_function(self, name: str, target: str = "handle_pubsub", **env: str) -> Service:
-        """Start one more function process (a cold instance), with settings overridden by ``env``."""
+    def start_function(self, name: str, target: str = "handle_pubsub", *, source: Path | None = None,
+                       **env: str) -> Service:
+        """Start one more function process (a cold instance), with settings overridden by ``env``;
+        ``source`` runs another checkout's main.py (a benchmark's baseline)."""
         signature = "cloudevent" if target == "handle_pubsub" else "http"
-        service = self._service(name, self._ff_argv(target, signature), env=self.function_env() | env)
+        argv = self._ff_argv(target, signature, source)
+        service = self._service(name, argv, env=self.function_env() | env)
+        if source is not None:  # that checkout's own worker package, not this one
+            service.cwd = source.parent
         service.start()
         return service.wait_ready()
 
