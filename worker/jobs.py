@@ -31,8 +31,27 @@ RESERVED_ATTRIBUTES = frozenset({"job_id", "status", "correlation_id", "source_m
 MAX_ATTRIBUTES = 100  # Pub/Sub's limit per message
 
 
+class _Routed:
+    """Where a job's result belongs: its pipeline run and the attributes its message carries on."""
+
+    job_id: str
+    correlation_id: str | None
+    attributes: Mapping[str, str]
+    reply_attributes: Mapping[str, str]
+
+    @property
+    def correlation(self) -> str:
+        """The pipeline run: the job's correlation_id, else its message's attribute, else its job_id."""
+        return correlation_of(self.correlation_id, self.attributes, self.job_id)
+
+    @property
+    def pass_through(self) -> dict[str, str]:
+        """The attributes its result message carries besides the worker's own."""
+        return pass_through(self.attributes, self.reply_attributes)
+
+
 @dataclass(frozen=True)
-class Job:
+class Job(_Routed):
     """One validated job."""
 
     bucket: str
@@ -50,19 +69,9 @@ class Job:
     reply_attributes: Mapping[str, str] = field(default_factory=dict)
     spec: Mapping[str, Any] = field(default_factory=dict)  # the job as sent, for the result to echo
 
-    @property
-    def correlation(self) -> str:
-        """The pipeline run: the job's correlation_id, else its message's attribute, else its job_id."""
-        return correlation_of(self.correlation_id, self.attributes, self.job_id)
-
-    @property
-    def pass_through(self) -> dict[str, str]:
-        """The attributes its result message carries besides the worker's own."""
-        return pass_through(self.attributes, self.reply_attributes)
-
 
 @dataclass(frozen=True)
-class JobRef:
+class JobRef(_Routed):
     """What is known of a message that may not be a valid job: enough to key its result."""
 
     job_id: str
@@ -74,14 +83,6 @@ class JobRef:
     correlation_id: str | None = None
     reply_attributes: Mapping[str, str] = field(default_factory=dict)
     prefix_template: str | None = None
-
-    @property
-    def correlation(self) -> str:
-        return correlation_of(self.correlation_id, self.attributes, self.job_id)
-
-    @property
-    def pass_through(self) -> dict[str, str]:
-        return pass_through(self.attributes, self.reply_attributes)
 
 
 def correlation_of(given: str | None, attributes: Mapping[str, str], job_id: str) -> str:
