@@ -153,11 +153,15 @@ def main() -> None:
     parser.add_argument("--instances", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--prefix", default="recipe/", help="of the demo dataset: recipe/ (1 file) or events/ (6)")
     parser.add_argument("--s3-fail-rate", type=float, default=0.0)
+    parser.add_argument("--warmup", type=int, default=200, help="jobs run first and not counted (the emulator's "
+                        "JVM and moto warm up; otherwise the first row pays for it)")
     parser.add_argument("--baseline", type=Path, help="another checkout (git worktree) whose function runs the same "
                         "bursts, interleaved with this one's, for a side-by-side comparison")
     args = parser.parse_args()
     with LocalStack(Path(tempfile.mkdtemp(prefix="bench-load-")), allowed_buckets="demo-data") as stack:
         stack.put_objects("demo-data", sample_objects())
+        if args.warmup:
+            one_burst(stack, 1, args.warmup, args.prefix, 0.0)
         sources = [None] if args.baseline is None else [args.baseline.resolve() / "main.py", None]
         rows = [one_burst(stack, n, args.jobs, args.prefix, args.s3_fail_rate, source)
                 for n in args.instances for source in sources]

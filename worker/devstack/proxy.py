@@ -138,18 +138,24 @@ def _handler_for(proxy: RecordingProxy) -> type[BaseHTTPRequestHandler]:
                 return
             # The Host header is passed on unchanged: the client signed it.
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-            # One upstream connection per client connection, kept alive across its requests.
-            if self._upstream is None:
-                with proxy._lock:
-                    self._upstream = http.client.HTTPConnection(*next(proxy._turn), timeout=600)
-            try:
-                self._upstream.request(self.command, self.path, body=body, headers=headers)
-                response = self._upstream.getresponse()
-                data = response.read()
-            except (OSError, http.client.HTTPException):
-                self._upstream.close()
-                self._upstream = None
-                raise
+            # One upstream connection per client connection, kept alive across its requests; a kept one
+            # the upstream has closed meanwhile (gunicorn keeps idle connections 2 s) is made anew, once.
+            for fresh in (self._upstream is None, True):
+                if fresh:
+                    if self._upstream is not None:
+                        self._upstream.close()
+                    with proxy._lock:
+                        self._upstream = http.client.HTTPConnection(*next(proxy._turn), timeout=600)
+                try:
+                    self._upstream.request(self.command, self.path, body=body, headers=headers)
+                    response = self._upstream.getresponse()
+                    data = response.read()
+                    break
+                except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
+                    if fresh:
+                        self._upstream.close()
+                        self._upstream = None
+                        raise
             proxy._record(Seen(self.command, self.path, agent, response.status, False))
             self.send_response(response.status)
             for key, value in response.getheaders():
