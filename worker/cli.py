@@ -165,7 +165,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     except (WorkerError, ValueError) as e:
         print(f"publish: {e}", file=sys.stderr)
         return EXIT_INVALID
-    from worker.adapters.pubsub import ResultWaiter, publish_job, topic_path
+    from worker.adapters.pubsub import NoResultsTopic, ResultWaiter, publish_job, topic_path
 
     project = settings.project
     jobs_topic = args.topic or os.environ.get("JOBS_TOPIC")
@@ -189,19 +189,16 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print(json.dumps({"job_id": job["job_id"], "message_id": message_id, "topic": topic}), flush=True)
         return EXIT_OK
     try:
-        waiter = ResultWaiter(results, job["job_id"]).__enter__()
-    except ValueError as e:
+        with ResultWaiter(results, job["job_id"]) as waiter:
+            for missing in waiter.missing:
+                _say(f"topic {missing} does not exist: not waiting there")
+            message_id = publish_job(topic, job, attributes)
+            _say(f"published job {job['job_id']} as message {message_id} on {topic}; "
+                 f"waiting for its result on {' or '.join(waiter.subscriptions)}")
+            got = waiter.wait(args.timeout)
+    except NoResultsTopic as e:
         print(f"publish: {e}", file=sys.stderr)
         return EXIT_INVALID
-    try:
-        for missing in waiter.missing:
-            _say(f"topic {missing} does not exist: not waiting there")
-        message_id = publish_job(topic, job, attributes)
-        _say(f"published job {job['job_id']} as message {message_id} on {topic}; "
-             f"waiting for its result on {' or '.join(waiter.subscriptions)}")
-        got = waiter.wait(args.timeout)
-    finally:
-        waiter.__exit__()
     if got is None:
         _say(f"no result for job {job['job_id']} within {args.timeout:.0f}s "
              "(the message stays on the jobs topic and is answered when a worker takes it)")

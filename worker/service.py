@@ -97,7 +97,7 @@ class Worker:
     def _check_reply_topic(self, job: Job) -> None:
         if job.reply_topic and not self.settings.reply_topic_allowed(job.reply_topic):
             raise Forbidden(f"reply_topic {job.reply_topic!r} is not in ALLOWED_REPLY_TOPICS "
-                            f"(nor the worker's REPLY_TOPIC); this result goes to REPLY_TOPIC instead")
+                            "(nor the worker's REPLY_TOPIC)")
 
     # -- one job ----------------------------------------------------------------------
 

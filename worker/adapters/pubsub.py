@@ -80,6 +80,10 @@ def publish_job(topic: str, job: dict, attributes: dict[str, str] | None = None,
     return client.publish(topic, data, **(attributes or {})).result(timeout=PUBLISH_TIMEOUT_S)
 
 
+class NoResultsTopic(ValueError):
+    """None of the topics a result could come on exists."""
+
+
 class ResultWaiter:
     """Subscriptions of its own on the results topics, made before the job is published (so its result
     cannot be missed) and deleted afterwards; it waits for the result of one job ID on any of them
@@ -92,13 +96,13 @@ class ResultWaiter:
         self.job_id = job_id
         self._subscriber = subscriber or pubsub_v1.SubscriberClient()
         self.subscriptions: dict[str, str] = {}
+        self.missing: list[str] = []
         for topic in dict.fromkeys(topics):
             _, project, _, topic_id = topic.split("/")
             self.subscriptions[topic] = (f"projects/{project}/subscriptions/"
                                          f"{topic_id[:200]}-wait-{uuid.uuid4().hex[:8]}")
 
     def __enter__(self) -> ResultWaiter:
-        self.missing: list[str] = []
         try:
             for topic, subscription in list(self.subscriptions.items()):
                 try:
@@ -110,7 +114,7 @@ class ResultWaiter:
                     del self.subscriptions[topic]
                     self.missing.append(topic)
             if not self.subscriptions:
-                raise ValueError(f"no results topic to wait on: {', '.join(self.missing)} does not exist")
+                raise NoResultsTopic(f"no results topic to wait on: {', '.join(self.missing)} does not exist")
         except BaseException:
             self.__exit__()
             raise
