@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.warm_jobs import group_cpu_seconds, pct
 from worker.devstack.datasets import sample_objects
 from worker.devstack.proxy import RecordingProxy
 from worker.devstack.stack import LocalStack
@@ -51,27 +52,9 @@ def peak_rss_mib(leader_pid: int) -> float:
     return peak / 1024
 
 
-def group_cpu_s(leader_pid: int) -> float:
-    """CPU seconds (user + system) used so far by the processes of the leader's process group."""
-    total = 0
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == leader_pid:
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
-
-
 def self_cpu_s() -> float:
     times = os.times()
     return times.user + times.system
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def one_burst(stack: LocalStack, n_instances: int, jobs: int, prefix: str, fail_rate: float,
@@ -91,8 +74,13 @@ def one_burst(stack: LocalStack, n_instances: int, jobs: int, prefix: str, fail_
         "push_config": {"push_endpoint": f"{push_to}/{topic}"}})
     sts_before = stack.sts_calls(stack.role_arn)
     assert stack.moto is not None and stack.emulator is not None
-    cpu_before = {"moto": group_cpu_s(stack.moto.process.pid), "emulator": group_cpu_s(stack.emulator.process.pid),
-                  "functions": sum(group_cpu_s(fn.process.pid) for fn in functions), "harness": self_cpu_s()}
+
+    def cpu_now() -> dict[str, float]:
+        return {"moto": group_cpu_seconds(stack.moto.process.pid),
+                "emulator": group_cpu_seconds(stack.emulator.process.pid),
+                "functions": sum(group_cpu_seconds(fn.process.pid) for fn in functions), "harness": self_cpu_s()}
+
+    cpu_before = cpu_now()
     ids = [f"load-{run}-{i:05d}" for i in range(jobs)]
     published: dict[str, float] = {}
     started = time.perf_counter()
@@ -120,9 +108,7 @@ def one_burst(stack: LocalStack, n_instances: int, jobs: int, prefix: str, fail_
                     received[job_id].append(now)
                     statuses[result["status"]] += 1
     elapsed = max(max(v) for v in received.values()) - started if received else float("nan")
-    cpu = {"moto": group_cpu_s(stack.moto.process.pid), "emulator": group_cpu_s(stack.emulator.process.pid),
-           "functions": sum(group_cpu_s(fn.process.pid) for fn in functions), "harness": self_cpu_s()}
-    cpu = {k: cpu[k] - cpu_before[k] for k in cpu}
+    cpu = {k: v - cpu_before[k] for k, v in cpu_now().items()}
     time.sleep(3)
     for _ in range(3):  # late duplicates
         inbox.drain(wait_s=0.5)

@@ -31,10 +31,6 @@ class TemplateError(ValueError):
     """A template that cannot be resolved; the message says where and why."""
 
 
-def has_placeholders(template: str) -> bool:
-    return any(m.group(0) not in ("{{", "}}") for m in PLACEHOLDER.finditer(template))
-
-
 def check(template: str) -> list[str]:
     """Every problem with ``template`` (empty when it resolves)."""
     problems = []

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from worker.jobs import InvalidJobMessage, parse_job, parse_time
-from worker.templates import TemplateError, check, has_placeholders, render
+from worker.templates import TemplateError, check, render
 
 AT = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
 
@@ -57,10 +57,6 @@ def test_unknown_templates_are_errors(template, says):
     assert any(says in problem for problem in check(template))
     with pytest.raises(TemplateError, match=r"unknown|unsupported|unmatched"):
         render(template, AT)
-
-
-def test_placeholders_are_told_from_literal_braces():
-    assert has_placeholders("a/{date}/") and not has_placeholders("a/{{b}}/") and not has_placeholders("a/b/")
 
 
 def test_a_job_resolves_its_template_against_the_publish_time_in_its_zone():
