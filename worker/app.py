@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import threading
 
 from worker.config import Settings
 from worker.logs import setup_logging
-from worker.results import http_status
+from worker.results import http_status, to_json
 from worker.service import Worker
 
 _lock = threading.Lock()
@@ -57,6 +56,6 @@ def get_worker(settings: Settings) -> Worker:
     return _worker
 
 
-def http_response(result: dict) -> tuple[str, int, dict[str, str]]:
-    """A Flask response tuple for a result document."""
-    return json.dumps(result, ensure_ascii=False), http_status(result), {"Content-Type": "application/json"}
+def http_response(result: dict) -> tuple[bytes, int, dict[str, str]]:
+    """A Flask response tuple for a result document: strict JSON, as published."""
+    return to_json(result), http_status(result), {"Content-Type": "application/json"}

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from worker.errors import ConfigError
+from worker.summary import Limits
 from worker.templates import TemplateError, zone
 
 AWS_ROLE_ARN = "AWS_ROLE_ARN"
@@ -32,6 +33,10 @@ FULL_MODE_CONCURRENCY = "FULL_MODE_CONCURRENCY"
 ALLOWED_REPLY_TOPICS = "ALLOWED_REPLY_TOPICS"
 TEMPLATE_TIME_ZONE = "TEMPLATE_TIME_ZONE"
 AWS_MAX_ATTEMPTS = "AWS_MAX_ATTEMPTS"
+RESULT_MAX_BYTES = "RESULT_MAX_BYTES"
+FOOTER_MAX_BYTES = "FOOTER_MAX_BYTES"
+SCHEMA_MAX_DEPTH = "SCHEMA_MAX_DEPTH"
+FULL_MODE_BATCH_BYTES = "FULL_MODE_BATCH_BYTES"
 K_SERVICE = "K_SERVICE"
 K_REVISION = "K_REVISION"
 
@@ -59,6 +64,10 @@ class Settings:
     allowed_reply_topics: frozenset[str] = frozenset()
     template_time_zone: str = "UTC"
     aws_max_attempts: int = 5
+    result_max_bytes: int = 9_000_000
+    footer_max_bytes: int = 16 * 1024 * 1024
+    schema_max_depth: int = 100
+    full_mode_batch_bytes: int = 32 * 1024 * 1024
     service: str = "parquet-summary"
     revision: str = "local"
 
@@ -117,6 +126,12 @@ class Settings:
         deadline = _int(get(JOB_DEADLINE_SECONDS), JOB_DEADLINE_SECONDS, 480, 1, 3600, problems)
         # Full mode is CPU-bound: objects in flight beyond the cores only add memory.
         full_concurrency = _int(get(FULL_MODE_CONCURRENCY), FULL_MODE_CONCURRENCY, 2, 1, 64, problems)
+        # Pub/Sub takes 10 MB per publish request, attributes included; a larger result is reduced (results.fit).
+        result_max_bytes = _int(get(RESULT_MAX_BYTES), RESULT_MAX_BYTES, 9_000_000, 10_000, 9_500_000, problems)
+        # Bounds against hostile files (worker.summary.Limits): each costs that file, never the instance.
+        footer_max = _int(get(FOOTER_MAX_BYTES), FOOTER_MAX_BYTES, 16 << 20, 64 << 10, 256 << 20, problems)
+        depth = _int(get(SCHEMA_MAX_DEPTH), SCHEMA_MAX_DEPTH, 100, 2, 1000, problems)
+        batch = _int(get(FULL_MODE_BATCH_BYTES), FULL_MODE_BATCH_BYTES, 32 << 20, 1 << 20, 1 << 30, problems)
         source = get(ID_TOKEN_SOURCE) or "metadata"
         if source not in TOKEN_SOURCES:
             problems.append(f"{ID_TOKEN_SOURCE} must be one of {', '.join(TOKEN_SOURCES)}: {source!r}")
@@ -143,9 +158,18 @@ class Settings:
             allowed_reply_topics=frozenset(allowed_reply_topics),
             template_time_zone=time_zone,
             aws_max_attempts=max_attempts,
+            result_max_bytes=result_max_bytes,
+            footer_max_bytes=footer_max,
+            schema_max_depth=depth,
+            full_mode_batch_bytes=batch,
             service=get(K_SERVICE) or "parquet-summary",
             revision=get(K_REVISION) or "local",
         )
+
+    def limits(self) -> Limits:
+        """The bounds a job reads each object within."""
+        return Limits(footer_max_bytes=self.footer_max_bytes, schema_max_depth=self.schema_max_depth,
+                      full_mode_batch_bytes=self.full_mode_batch_bytes)
 
     def reply_topic_allowed(self, topic: str) -> bool:
         """Whether a job may send its result to ``topic`` (REPLY_TOPIC, or one of ALLOWED_REPLY_TOPICS)."""

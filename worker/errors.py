@@ -58,6 +58,18 @@ class NotFound(WorkerError):
     code = "not_found"
 
 
+class ObjectArchived(Forbidden):
+    """Raised when one object is in an archive storage class (S3 InvalidObjectState): it must be restored first."""
+
+
+class ObjectEncrypted(Forbidden):
+    """Raised when one object's encryption keeps the worker out: a KMS key its role cannot use, or SSE-C."""
+
+
+class ObjectChanged(NotFound):
+    """Raised when one object was deleted or shrank between its listing and its read."""
+
+
 class FederationFailed(WorkerError):
     """Raised when the ID token or the STS exchange fails in a way a retry cannot fix."""
 
@@ -83,6 +95,29 @@ class Throttled(Retryable):
     code = "throttled"
 
 
+class Internal(WorkerError):
+    """Stands for an unexpected exception (a bug, or a fault nobody classified): answered once, never retried.
+
+    ``incident_id`` names the log entry (Cloud Logging's error-reporting shape) that holds the stack trace;
+    the result says only the exception's type, since its text may quote data or addresses.
+    """
+
+    code = "internal"
+
+    def __init__(self, exc: BaseException, *, stage: str, incident_id: str):
+        super().__init__(f"internal error while {stage} ({type(exc).__name__}); incident {incident_id} in the "
+                         "worker's log holds the details",
+                         details={"incident_id": incident_id, "stage": stage, "exception": type(exc).__name__})
+        self.incident_id = incident_id
+        self.stage = stage
+
+
+class ResultRejected(WorkerError):
+    """Raised when Pub/Sub refuses a result message itself (size, attributes, encoding): resending it cannot help."""
+
+    code = "internal"
+
+
 # AWS error codes, by what they mean for a job. Throttling and transient codes follow
 # botocore's standard retry mode (botocore/retries/standard.py); they reach us only once
 # botocore's own retries are spent, so the job is handed back to Pub/Sub.
@@ -103,6 +138,17 @@ FORBIDDEN_CODES = frozenset({
     "SignatureDoesNotMatch", "AccountProblem", "403",
 })
 NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "404", "NotFound"})
+# Reading one object (GetObject/HeadObject): refusals that concern that object only, so the job skips it.
+OBJECT_OPERATIONS = frozenset({"GetObject", "HeadObject"})
+ARCHIVED_CODES = frozenset({"InvalidObjectState"})
+OBJECT_CHANGED_CODES = frozenset({"NoSuchKey", "InvalidRange", "404", "416"})
+# S3 answers a request sent to (or signed for) the wrong region with these, naming the bucket's region
+# in an x-amz-bucket-region header or a <Region> element; the reader re-signs for it once.
+REGION_REDIRECT_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed", "301"})
+# SSE-C: S3 answers 400 InvalidRequest/InvalidArgument saying the object needs its customer key.
+_SSE_C_CODES = frozenset({"InvalidRequest", "InvalidArgument"})
+_SSE_C_WORDS = ("server side encryption", "server-side encryption", "customer-provided", "customer provided",
+                "encryption key")
 # STS AssumeRoleWithWebIdentity: what to change, by error code (never retryable).
 FEDERATION_HINTS = {
     "IDPRejectedClaim": "the role's trust policy did not accept the token's claims: check "
@@ -119,8 +165,14 @@ FEDERATION_HINTS = {
 }
 
 
-def classify_aws_error(code: str, status: int | None, message: str, *, operation: str) -> WorkerError:
-    """Map an AWS error (code, HTTP status) from ``operation`` to the worker's taxonomy."""
+def classify_aws_error(code: str, status: int | None, message: str, *, operation: str,
+                       storage_class: str | None = None) -> WorkerError:
+    """Map an AWS error (code, HTTP status) from ``operation`` to the worker's taxonomy.
+
+    For reads of one object (``OBJECT_OPERATIONS``) a permanent refusal is that object's: archived
+    (``storage_class`` from the error body names the class), encrypted out of reach, vanished or shrunk,
+    or access denied to that key. Those errors say what to do; the job skips the object.
+    """
     text = f"{operation} failed: {code}: {message}".rstrip(": ")
     if code in THROTTLING_CODES or status == 429:
         return Throttled(text, details={"aws_code": code})
@@ -129,6 +181,13 @@ def classify_aws_error(code: str, status: int | None, message: str, *, operation
     if operation == "AssumeRoleWithWebIdentity":
         hint = FEDERATION_HINTS.get(code, "STS refused the role exchange")
         return FederationFailed(f"{text} ({hint})", details={"aws_code": code})
+    if operation in OBJECT_OPERATIONS:
+        refused = _object_refusal(code, status, message, text, storage_class)
+        if refused is not None:
+            return refused
+    if code in REGION_REDIRECT_CODES or status == 301:
+        return WorkerError(f"{text} (the bucket is in another region than the request was signed for, and S3 "
+                           "did not say which: set AWS_REGION to the bucket's region)", details={"aws_code": code})
     if code in FORBIDDEN_CODES or status == 403:
         return Forbidden(text, details={"aws_code": code})
     if code in NOT_FOUND_CODES:
@@ -136,3 +195,34 @@ def classify_aws_error(code: str, status: int | None, message: str, *, operation
     # Anything else from AWS is unexpected: treat it as permanent so one odd job cannot
     # loop forever, and say exactly what AWS answered.
     return WorkerError(text, details={"aws_code": code})
+
+
+def _object_refusal(code: str, status: int | None, message: str, text: str,
+                    storage_class: str | None) -> WorkerError | None:
+    """The specific error for one object S3 will not serve, or None when the refusal is not about the object."""
+    details: dict = {"aws_code": code}
+    lowered = message.lower()
+    if code in ARCHIVED_CODES:
+        if storage_class:
+            details["storage_class"] = storage_class
+        where = storage_class or "an archive storage class"
+        return ObjectArchived(f"archived in {where}: restore it (S3 RestoreObject) and run the job again ({text})",
+                              details=details)
+    if code.startswith("KMS.") or ((code in FORBIDDEN_CODES or status == 403) and "kms" in lowered):
+        return ObjectEncrypted("encrypted with an AWS KMS key the worker's role cannot use: allow the role "
+                               f"kms:Decrypt on that key (key policy and IAM policy) ({text})", details=details)
+    if code in _SSE_C_CODES and status == 400 and any(word in lowered for word in _SSE_C_WORDS):
+        return ObjectEncrypted("encrypted with a customer-provided key (SSE-C): the worker holds no such key and "
+                               f"cannot read it; store it with SSE-S3 or SSE-KMS to have it summarized ({text})",
+                               details=details)
+    if code in OBJECT_CHANGED_CODES or status in (404, 416):
+        what = ("shorter than when it was listed" if code == "InvalidRange" or status == 416
+                else "deleted after it was listed")
+        return ObjectChanged(f"object {what}: it changed while the job ran; run the job again to include it ({text})",
+                             details=details)
+    if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId"):
+        return None  # the request or the credentials, not the object
+    if code in FORBIDDEN_CODES or status == 403:
+        return Forbidden(f"access denied to this object: the worker's role may not s3:GetObject it (IAM policy, "
+                         f"bucket policy or object ACL) ({text})", details=details)
+    return None

@@ -29,6 +29,8 @@ _ECHO_LIMIT = 1024  # longest bucket/prefix echoed back in an invalid_job result
 # The attributes a result message carries of its own; a job cannot set them, and pass-through ones yield.
 RESERVED_ATTRIBUTES = frozenset({"job_id", "status", "correlation_id", "source_message_id", "error_code"})
 MAX_ATTRIBUTES = 100  # Pub/Sub's limit per message
+MAX_ATTRIBUTE_BYTES = 1024  # Pub/Sub's limit on an attribute value, in UTF-8 bytes
+MAX_PROBLEMS = 50  # problems listed in one invalid_job answer; the rest are counted
 
 
 class _Routed:
@@ -169,7 +171,14 @@ def validate_job(payload: Any, *, message_id: str | None = None, attributes: Map
         ref = JobRef(job_id=fallback_id, message_id=message_id, attributes=attributes)
         raise InvalidJobMessage(f"job must be a JSON object, not {_json_type(payload)}", ref)
     ref = _best_effort_ref(payload, fallback_id, message_id, attributes)
-    problems = [_describe(error) for error in sorted(_validator().iter_errors(payload), key=_error_sort_key)]
+    problems = _text_problems(payload)
+    if not problems:
+        problems = _cheap_problems(payload)
+        checked = {k: v for k, v in payload.items() if k != "columns"} if problems else payload
+        problems += [_describe(error) for error in sorted(_validator().iter_errors(checked), key=_error_sort_key)]
+        problems += _attribute_problems(payload.get("reply_attributes"))
+    if len(problems) > MAX_PROBLEMS:
+        problems = [*problems[:MAX_PROBLEMS], f"... and {len(problems) - MAX_PROBLEMS} more problems"]
     prefix, reference = payload.get("prefix"), None
     template = payload.get("prefix_template")
     if not problems and template is not None:
@@ -194,6 +203,60 @@ def validate_job(payload: Any, *, message_id: str | None = None, attributes: Map
     )
 
 
+def _text_problems(payload: Any) -> list[str]:
+    """Strings that are not valid Unicode (an escaped lone surrogate such as "\\ud800" parses, yet cannot be
+    encoded, published or used as an S3 key), by where they are."""
+    problems = []
+    stack: list[tuple[str, Any]] = [("job", payload)]
+    while stack:  # iterative: a job's nesting is bounded by the JSON parser, not by Python's stack
+        where, value = stack.pop()
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not _encodable(k):
+                    problems.append(f"{where}: a field name is not valid Unicode (a lone surrogate)")
+                else:
+                    stack.append((k if where == "job" else f"{where}.{k}", v))
+        elif isinstance(value, list):
+            stack.extend((f"{where}.{i}", v) for i, v in enumerate(value))
+        elif isinstance(value, str) and not _encodable(value):
+            problems.append(f"{where}: not valid Unicode (it holds a lone surrogate such as \\ud800)")
+    return sorted(problems)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _cheap_problems(payload: dict) -> list[str]:
+    """Checks that must run before the schema's: jsonschema's ``uniqueItems`` compares items pairwise when
+    they cannot be sorted (mixed types), which costs seconds for a 64 KiB job of numbers and objects."""
+    columns = payload.get("columns")
+    if not isinstance(columns, list):
+        return []
+    limit = load_schema("job")["properties"]["columns"]["maxItems"]
+    problems = []
+    if len(columns) > limit:
+        problems.append(f"columns: {len(columns)} items; at most {limit}")
+    wrong = [i for i, c in enumerate(columns) if not isinstance(c, str)]
+    if wrong:
+        problems.append(f"columns: every item must be a string (item {wrong[0]} is {_json_type(columns[wrong[0]])}"
+                        + (f", and {len(wrong) - 1} more" if len(wrong) > 1 else "") + ")")
+    return problems
+
+
+def _attribute_problems(reply_attributes: Any) -> list[str]:
+    """Pub/Sub counts attribute sizes in UTF-8 bytes (keys 256, values 1,024); JSON Schema counts characters."""
+    if not isinstance(reply_attributes, dict):
+        return []
+    return [f"reply_attributes.{k}: the value is {n} bytes of UTF-8; Pub/Sub allows at most {MAX_ATTRIBUTE_BYTES}"
+            for k, v in reply_attributes.items()
+            if isinstance(v, str) and (n := len(v.encode("utf-8"))) > MAX_ATTRIBUTE_BYTES]
+
+
 def _resolve(template: str, payload: dict, publish_time: str | None, default_zone: str, now: datetime | None,
              problems: list[str]) -> tuple[str | None, str | None]:
     """The prefix a template names, and the reference time it was resolved against (RFC 3339, UTC)."""
@@ -211,7 +274,12 @@ def _resolve(template: str, payload: dict, publish_time: str | None, default_zon
         return None, None
     if len(prefix) > 1024:
         problems.append(f"prefix_template: resolves to {len(prefix)} characters; a prefix is at most 1024")
-    return prefix, at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    try:
+        reference = at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    except (OverflowError, ValueError):
+        problems.append(f"reference_time: {given or publish_time!r} is outside the years 1-9999 in UTC")
+        return None, None
+    return prefix, reference
 
 
 def parse_time(text: str) -> datetime | None:
@@ -262,7 +330,8 @@ def _best_effort_ref(payload: dict, fallback_id: str, message_id: str | None, at
     if not (isinstance(correlation_id, str) and _ID.fullmatch(correlation_id)):
         correlation_id = None
     reply_attributes = payload.get("reply_attributes")
-    if not _validator().is_valid({"bucket": "abc", "prefix": "", "reply_attributes": reply_attributes}):
+    if (_text_problems(reply_attributes) or _attribute_problems(reply_attributes)
+            or not _validator().is_valid({"bucket": "abc", "prefix": "", "reply_attributes": reply_attributes})):
         reply_attributes = {}
     mode = payload.get("mode", "metadata")
     return JobRef(job_id=job_id, message_id=message_id, bucket=_echo(payload.get("bucket")),
@@ -272,7 +341,7 @@ def _best_effort_ref(payload: dict, fallback_id: str, message_id: str | None, at
 
 
 def _echo(value: Any) -> str | None:
-    if isinstance(value, str) and len(value) <= _ECHO_LIMIT:
+    if isinstance(value, str) and len(value) <= _ECHO_LIMIT and _encodable(value):
         return value
     return None
 
@@ -313,6 +382,6 @@ def _describe_untrimmed(error) -> str:
 
 
 def _json_type(value: Any) -> str:
-    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number",
-             type(None): "null"}
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
     return names.get(type(value), type(value).__name__)

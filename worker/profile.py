@@ -26,15 +26,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from worker.summary import (
+    DECODE_ERRORS,
+    DEFAULT_LIMITS,
+    ByteBudget,
     DeadlineReached,
     Fetch,
+    Limits,
     Summary,
     UnreadableFile,
+    load_footer,
     merge_bound,
     partition_values,
-    read_footer,
-    to_json_value,
 )
+from worker.values import ValueType, array_bounds, comparable_array, render, render_float, value_type
 
 # HLL with 2^14 buckets: ~0.8% relative standard error of the distinct count, 16 KiB per column.
 HLL_LG_K = 14
@@ -67,80 +71,109 @@ def bound_allocator_retention() -> None:
 
 
 def kind_of(arrow_type: pa.DataType) -> str:
-    """What can be computed for a column of this type."""
-    if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
+    """What can be computed for a column of this type: numeric, string, temporal, boolean, binary,
+    null (a null-typed column) or nested."""
+    family = value_type(arrow_type).family
+    if family == "number":
         return "numeric"
-    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_string_view(arrow_type):
-        return "string"
-    if pa.types.is_temporal(arrow_type):
+    if family in ("date", "time", "timestamp", "duration"):
         return "temporal"
-    if pa.types.is_boolean(arrow_type):
-        return "boolean"
-    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type) or pa.types.is_fixed_size_binary(
-            arrow_type):
+    if family in ("binary", "uuid"):
         return "binary"
-    if pa.types.is_dictionary(arrow_type):
-        return kind_of(arrow_type.value_type)
+    if family in ("string", "boolean", "null"):
+        return family
     return "nested"
 
 
 @dataclass
 class ColumnProfile:
-    """A mergeable profile of one column. ``absorb`` merges in place; ``merge`` returns a new profile."""
+    """A mergeable profile of one column. ``absorb`` merges in place; ``merge`` returns a new profile.
+
+    ``min``/``max`` are comparable values (:mod:`worker.values`) of type ``vtype``, rendered only
+    in ``to_dict``. The moments of the finite numeric values are kept scaled by ``2**exp`` (the
+    largest magnitude seen is below it), so sums of squares of values near the float64 limit do
+    not overflow: ``mean * 2**exp`` is the mean and ``m2 * 4**exp`` the sum of squared deviations.
+    """
 
     kind: str
     types: frozenset[str]
     count: int = 0
     null_count: int = 0
+    nan_count: int = 0
     min: Any = None
     max: Any = None
+    vtype: ValueType | None = None
+    bounds_lost: str | None = None  # why min/max are not known (values of types that do not compare)
+    n: int = 0  # finite numeric values in mean and m2
     mean: float = 0.0
-    m2: float = 0.0  # sum of squared deviations from the mean (numeric)
+    m2: float = 0.0
+    exp: int = 0
     hll: Any = None  # datasketches.hll_sketch
     kll: Any = None  # datasketches.kll_doubles_sketch
     partition: bool = False
 
     @classmethod
     def of_array(cls, array: pa.ChunkedArray | pa.Array) -> ColumnProfile:
-        """The profile of one column's values (a row group's, typically)."""
+        """The profile of one column's values (a row group's or a record batch's, typically)."""
         if isinstance(array, pa.ChunkedArray):
             array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
         if pa.types.is_dictionary(array.type):
             array = array.dictionary_decode()
         kind = kind_of(array.type)
         profile = cls(kind=kind, types=frozenset([str(array.type)]), null_count=array.null_count,
-                      count=len(array) - array.null_count)
-        if kind == "nested" or profile.count == 0:
-            if kind != "nested":
-                profile.hll, profile.kll = _new_hll(), _new_kll() if kind == "numeric" else None
+                      count=len(array) - array.null_count, vtype=value_type(array.type))
+        if kind == "null":
+            profile.null_count, profile.count = len(array), 0
+        if kind in ("nested", "null"):
             return profile
-        values = pc.drop_null(array) if array.null_count else array
-        bounds = pc.min_max(values)
-        profile.min, profile.max = bounds["min"].as_py(), bounds["max"].as_py()
         profile.hll = _new_hll()
+        profile.kll = _new_kll() if kind == "numeric" else None
+        if profile.count == 0:
+            return profile
+        values = comparable_array(array)  # exact integers, bytes for strings: nothing decoded or rounded
+        if values.null_count:
+            values = pc.drop_null(values)
+        profile.min, profile.max = array_bounds(values)
         _update_hll(profile.hll, values, kind)
         if kind == "numeric":
-            floats = values.cast(pa.float64()) if not pa.types.is_floating(values.type) else values
-            mean = pc.mean(floats).as_py()
-            if mean is not None and math.isnan(mean):  # NaNs take no part in mean, stddev or quartiles
-                floats = pc.filter(floats, pc.invert(pc.is_nan(floats)))
-                mean = pc.mean(floats).as_py() if len(floats) else None
-            profile.kll = _new_kll()
-            if len(floats):
-                # Arrow's kernels, not numpy temporaries: variance is computed in one streaming pass.
-                profile.mean = mean
-                profile.m2 = pc.variance(floats, ddof=0).as_py() * len(floats)
-                # the sketch takes a writable float64 numpy array
-                profile.kll.update(np.require(floats.to_numpy(zero_copy_only=False), np.float64, ["C", "W"]))
+            profile._add_numbers(values)
         return profile
+
+    def _add_numbers(self, values: pa.Array) -> None:
+        # Integers above 2**53 and decimals lose digits only here, in the float figures
+        # (mean, stddev, quartiles); min and max stay exact.
+        floats = values if pa.types.is_float64(values.type) else values.cast(pa.float64(), safe=False)
+        if pa.types.is_floating(values.type):
+            nan = pc.is_nan(floats)
+            self.nan_count = pc.sum(nan).as_py() or 0
+            if self.nan_count:  # NaNs are counted, and take no part in mean, stddev or quartiles
+                floats = pc.filter(floats, pc.invert(nan))
+        if not len(floats):
+            return
+        # the sketch takes a writable float64 numpy array (infinities included: they are quantiles)
+        self.kll.update(np.require(floats.to_numpy(zero_copy_only=False), np.float64, ["C", "W"]))
+        if pa.types.is_floating(values.type) and self.min is not None and (
+                math.isinf(self.min) or math.isinf(self.max)):
+            floats = pc.filter(floats, pc.is_finite(floats))
+        self.n = len(floats)
+        if not self.n:
+            return
+        low, high = pc.min_max(floats).values()
+        biggest = max(abs(low.as_py()), abs(high.as_py()))
+        self.exp = math.frexp(biggest)[1] if biggest else 0
+        # ldexp by a power of two is exact (bar underflow of values too small to matter beside the largest)
+        scaled = pa.array(np.ldexp(floats.to_numpy(zero_copy_only=False), -self.exp))
+        self.mean = pc.mean(scaled).as_py()
+        self.m2 = pc.variance(scaled, ddof=0).as_py() * self.n
 
     @classmethod
     def constant(cls, value: str, rows: int) -> ColumnProfile:
         """A hive partition column: one value for every row of a file."""
+        raw = value.encode("utf-8", "surrogatepass")
         hll = _new_hll()
-        hll.update(value)
-        return cls(kind="string", types=frozenset(["string"]), count=rows, min=value, max=value, hll=hll,
-                   partition=True)
+        hll.update(_hll_text(raw))  # hashed as a string column's values are
+        return cls(kind="string", types=frozenset(["string"]), count=rows, min=raw, max=raw,
+                   vtype=value_type(pa.string()), hll=hll, partition=True)
 
     def copy(self) -> ColumnProfile:
         clone = ColumnProfile(**{k: getattr(self, k) for k in self.__dataclass_fields__})
@@ -156,26 +189,30 @@ class ColumnProfile:
         return merged
 
     def absorb(self, other: ColumnProfile) -> None:
-        """Merge ``other`` into this profile."""
-        same_kind = self.kind == other.kind
+        """Merge ``other`` into this profile (``other`` is not changed)."""
         self.types = self.types | other.types
         self.partition = self.partition or other.partition
-        n_a, n_b = self._numeric_n(), other._numeric_n()
-        if same_kind and self.kind == "numeric" and n_b:
-            n = n_a + n_b
-            delta = other.mean - self.mean
-            self.m2 = self.m2 + other.m2 + delta * delta * n_a * n_b / n
-            self.mean = self.mean + delta * n_b / n
         self.count += other.count
         self.null_count += other.null_count
-        if not same_kind:
+        self.nan_count += other.nan_count
+        if other.kind == "null":  # a null-typed column in some files: only nulls to add
+            return
+        if self.kind == "null":
+            counts = self.count, self.null_count, self.nan_count, self.types, self.partition
+            taken = other.copy()
+            for name in self.__dataclass_fields__:
+                setattr(self, name, getattr(taken, name))
+            self.count, self.null_count, self.nan_count, self.types, self.partition = counts
+            return
+        if self.kind != other.kind:
             # Types that do not compare (drift from int to string, say): keep only the counts.
             self.kind = "conflict"
-            self.min = self.max = self.hll = self.kll = None
-            self.mean = self.m2 = 0.0
+            self.min = self.max = self.hll = self.kll = self.vtype = self.bounds_lost = None
+            self.n, self.mean, self.m2, self.exp, self.nan_count = 0, 0.0, 0.0, 0, 0
             return
-        self.min = merge_bound(min, self.min, other.min)
-        self.max = merge_bound(max, self.max, other.max)
+        if self.kind == "numeric":
+            self._absorb_moments(other)
+        self._absorb_bounds(other)
         if self.hll is not None and other.hll is not None:
             union = ds.hll_union(HLL_LG_K)
             union.update(self.hll)
@@ -184,26 +221,92 @@ class ColumnProfile:
         if self.kll is not None and other.kll is not None:
             self.kll.merge(other.kll)
 
-    def _numeric_n(self) -> int:
-        return self.kll.n if self.kll is not None else 0
+    def _absorb_moments(self, other: ColumnProfile) -> None:
+        # Chan's parallel formula, on both sides scaled to the larger exponent.
+        if not other.n:
+            return
+        if not self.n:
+            self.n, self.mean, self.m2, self.exp = other.n, other.mean, other.m2, other.exp
+            return
+        exp = max(self.exp, other.exp)
+        mean_a, m2_a = math.ldexp(self.mean, self.exp - exp), math.ldexp(self.m2, 2 * (self.exp - exp))
+        mean_b, m2_b = math.ldexp(other.mean, other.exp - exp), math.ldexp(other.m2, 2 * (other.exp - exp))
+        n = self.n + other.n
+        delta = mean_b - mean_a
+        self.m2 = m2_a + m2_b + delta * delta * self.n * other.n / n
+        self.mean = mean_a + delta * other.n / n
+        self.n, self.exp = n, exp
+
+    def _absorb_bounds(self, other: ColumnProfile) -> None:
+        reasons = [r for r in (self.bounds_lost, other.bounds_lost) if r]
+        common = self.vtype.common(other.vtype) if self.vtype and other.vtype else None
+        if reasons or common is None:
+            self.min = self.max = None
+            self.bounds_lost = min(reasons) if reasons else "values of these types do not compare"
+            return
+        low, high = other.vtype.convert(other.min, common), other.vtype.convert(other.max, common)
+        self.min = merge_bound(min, self.vtype.convert(self.min, common), low)
+        self.max = merge_bound(max, self.vtype.convert(self.max, common), high)
+        self.vtype = common
 
     def to_dict(self) -> dict:
-        """The profile as JSON: exact figures, and ``*_approx`` figures from the sketches."""
+        """The profile as JSON: exact figures, and ``*_approx`` figures from the sketches.
+
+        Figures that cannot be rendered are null and named in ``unrendered``; min/max shortened
+        to STATISTIC_MAX_BYTES are named in ``truncated``.
+        """
         out: dict[str, Any] = {"kind": self.kind, "count": self.count, "null_count": self.null_count}
         if self.partition:
             out["partition"] = True
         if len(self.types) > 1:
             out["types"] = sorted(self.types)
-        if self.kind in ("nested", "conflict"):
+        if self.kind in ("nested", "conflict", "null"):
             return out
-        out["min"], out["max"] = to_json_value(self.min), to_json_value(self.max)
+        unrendered: dict[str, str] = {}
+        truncated: list[str] = []
+        for figure in ("min", "max"):
+            shown = render(self.vtype, getattr(self, figure), figure) if self.vtype else None
+            out[figure] = shown.value if shown else None
+            if self.bounds_lost:
+                unrendered[figure] = self.bounds_lost
+            elif shown and shown.reason:
+                unrendered[figure] = shown.reason
+            if shown and shown.truncated:
+                truncated.append(figure)
         out["distinct_approx"] = _distinct(self.hll) if self.hll is not None else None
         if self.kind == "numeric":
-            n = self._numeric_n()
-            out["mean"] = self.mean if n else None
-            out["stddev"] = math.sqrt(self.m2 / (n - 1)) if n > 1 else None
-            out["quartiles_approx"] = [self.kll.get_quantile(q) for q in QUARTILES] if n else None
+            out["nan_count"] = self.nan_count
+            out["mean"], out["stddev"] = self._mean_stddev(unrendered)
+            n = self.kll.n if self.kll is not None else 0
+            out["quartiles_approx"] = [render_float(self.kll.get_quantile(q)) for q in QUARTILES] if n else None
+        if unrendered:
+            out["unrendered"] = unrendered
+        if truncated:
+            out["truncated"] = truncated
         return out
+
+    def _mean_stddev(self, unrendered: dict[str, str]) -> tuple[Any, Any]:
+        # Over the non-NaN values, as pyarrow.compute.mean and stddev(ddof=1) give them: an infinity
+        # makes the mean infinite (NaN with both signs) and the deviation NaN.
+        values = self.count - self.nan_count
+        up = isinstance(self.max, float) and self.max == math.inf
+        down = isinstance(self.min, float) and self.min == -math.inf
+        if up or down:
+            mean = "NaN" if up and down else "Infinity" if up else "-Infinity"
+            return mean, "NaN" if values > 1 else None
+        if not self.n:
+            return None, None
+        try:
+            mean = render_float(math.ldexp(self.mean, self.exp))
+        except OverflowError:
+            mean, unrendered["mean"] = None, "outside the float64 range"
+        if self.n < 2:
+            return mean, None
+        try:
+            stddev = render_float(math.ldexp(math.sqrt(self.m2 / (self.n - 1)), self.exp))
+        except OverflowError:
+            stddev, unrendered["stddev"] = None, "outside the float64 range"
+        return mean, stddev
 
 
 def _consume(iterator) -> None:
@@ -228,36 +331,41 @@ def _new_kll():
     return ds.kll_doubles_sketch(KLL_K)
 
 
+def _hll_text(raw: bytes) -> str:
+    # The sketch hashes str, int or float, not bytes: Latin-1 maps each byte to one code point,
+    # so distinct byte strings stay distinct and invalid UTF-8 is no error.
+    return raw.decode("latin-1")
+
+
 def _update_hll(hll, values: pa.Array, kind: str) -> None:
+    """Feed the non-null values of a comparable array (:func:`worker.values.comparable_array`)."""
     # The sketch takes one value per call, so feed it each distinct value of the chunk once; but
     # where a sample shows the values are nearly all distinct (ids, measurements), hashing them
     # first buys nothing: feed them as they are (the sketch ignores repeats anyway).
     sample = values.slice(0, UNIQUE_SAMPLE)
     mostly_distinct = len(values) > 2 * UNIQUE_SAMPLE and len(pc.unique(sample)) > 0.9 * len(sample)
     unique = values if mostly_distinct else pc.unique(values)
-    if kind == "temporal":
-        unique = unique.cast(pa.int64()) if not pa.types.is_date32(unique.type) else unique.cast(pa.int32())
-    elif kind == "boolean":
+    if kind == "boolean":
         unique = unique.cast(pa.int8())
-    elif kind == "binary":
-        unique = pc.cast(unique, pa.binary())
-        _consume(map(hll.update, (v.hex() for v in unique.to_pylist())))
-        return
     elif pa.types.is_decimal(unique.type):
         unique = unique.cast(pa.string())
     # In slices, so that at most HLL_BATCH Python objects exist at a time; map() drives the
     # sketch's update from C, about twice as fast as a Python loop.
     for offset in range(0, len(unique), HLL_BATCH):
         part = unique.slice(offset, HLL_BATCH)
-        _consume(map(hll.update, part.to_numpy(zero_copy_only=False).tolist() if kind != "string"
-                      else part.to_pylist()))
+        if kind in ("string", "binary"):  # bytes (strings arrive as binary): hashed from their bytes
+            _consume(map(hll.update, map(_hll_text, part.to_pylist())))
+        else:
+            _consume(map(hll.update, part.to_numpy(zero_copy_only=False).tolist()))
 
 
 class _SparseFile(io.RawIOBase):
     """A read-only file of ``size`` bytes backed by the byte ranges fetched for one row group.
 
     pyarrow's Parquet reader reads column chunks through it; a read outside the fetched ranges
-    (a writer whose chunk sizes are off) is fetched on demand, so answers stay exact.
+    (a chunk too large to prefetch, or a writer whose chunk sizes are off) is fetched on demand,
+    so answers stay exact. An error from ``fetch`` is kept in ``error``: pyarrow reports it as
+    its own I/O error, and the caller re-raises the original (a Retryable must stay one).
     """
 
     def __init__(self, size: int, fetch: Fetch):
@@ -265,6 +373,7 @@ class _SparseFile(io.RawIOBase):
         self._fetch = fetch
         self._pos = 0
         self.ranges: list[tuple[int, bytes]] = []
+        self.error: BaseException | None = None
 
     def readable(self) -> bool:
         return True
@@ -289,7 +398,11 @@ class _SparseFile(io.RawIOBase):
         for begin, data in self.ranges:
             if begin <= start and end <= begin + len(data):
                 return memoryview(data)[start - begin:end - begin]  # no copy: pyarrow takes any buffer
-        return self._fetch(start, end - 1)
+        try:
+            return self._fetch(start, end - 1)
+        except BaseException as e:
+            self.error = e
+            raise
 
 
 def chunk_range(chunk) -> tuple[int, int]:
@@ -311,42 +424,101 @@ def coalesce(ranges: list[tuple[int, int]], gap: int = 1 << 20) -> list[tuple[in
     return [(a, b) for a, b in out]
 
 
+# Decoded bytes per value of each Parquet physical type (Arrow's layout), validity bit aside.
+_WIDTH = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 8}
+# More rows than this per batch buy no speed, and bound what a row-size estimate can miss.
+MAX_BATCH_ROWS = 1 << 20
+# A chunk read on demand (too large to prefetch) is read in pieces of at most this size.
+MAX_READ_PIECE = 8 << 20
+
+
+def batch_rows(group, leaves: list[int], budget: int) -> int:
+    """Rows per record batch so that a batch of these leaves decodes to about ``budget`` bytes.
+
+    Estimated from the footer: each leaf's values per row times its decoded width (a byte array
+    by its encoded size per value, which undercounts repeated long values: MAX_BATCH_ROWS caps that).
+    """
+    rows = max(group.num_rows, 1)
+    per_row = 0.0
+    for j in leaves:
+        chunk = group.column(j)
+        values = max(chunk.num_values, 0)
+        width = _WIDTH.get(chunk.physical_type)
+        if width is None:  # BYTE_ARRAY, FIXED_LEN_BYTE_ARRAY: offsets + bytes
+            width = 4 + max(chunk.total_uncompressed_size, 0) / max(values, 1)
+        per_row += (width + 0.125) * max(values, rows) / rows
+    return int(max(1, min(MAX_BATCH_ROWS, budget // max(per_row, 1.0))))
+
+
 def profile_object(key: str, size: int, fetch: Fetch, *, columns: Collection[str] | None = None,
-                   should_stop: Callable[[], bool] = lambda: False) -> Summary:
+                   should_stop: Callable[[], bool] = lambda: False, limits: Limits = DEFAULT_LIMITS,
+                   budget: ByteBudget | None = None) -> Summary:
     """Full mode for one object: its footer summary plus column profiles from one pass over its
-    row groups, one row group in memory at a time. Unreadable objects become skips; raises
-    DeadlineReached between row groups when ``should_stop`` says so."""
+    data, in record batches of about ``limits.full_mode_batch_bytes`` each, whatever the size of
+    a row group. ``columns`` names top-level columns exactly. Unreadable objects become skips;
+    raises DeadlineReached between batches when ``should_stop`` says so. ``budget`` is the
+    footer budget (see :func:`worker.summary.load_footer`)."""
     try:
-        md = read_footer(size, fetch)
+        footer = load_footer(size, fetch, limits=limits, budget=budget)
+        md = footer.metadata
         schema = md.schema.to_arrow_schema()
     except UnreadableFile as e:
         return Summary.of_skipped(key, str(e))
-    except (pa.ArrowException, ValueError, OSError) as e:
-        return Summary.of_skipped(key, f"unsupported Parquet schema: {e}")
+    except DECODE_ERRORS as e:
+        return Summary.of_skipped(key, f"unsupported Parquet schema: {type(e).__name__}: {e}")
     bound_allocator_retention()
+    paths = footer.schema.leaves
     names = [f.name for f in schema if columns is None or f.name in columns]
-    leaves = [j for j in range(md.num_columns) if md.schema.column(j).path.split(".", 1)[0] in set(names)]
+    leaves = [j for j, path in enumerate(paths) if columns is None or path[0] in columns]
     profiles: dict[str, ColumnProfile] = {}
     sparse = _SparseFile(size, fetch)
+    cap = max(1, limits.full_mode_batch_bytes)
+    readers: dict[int, pq.ParquetFile] = {}
+
+    def reader(buffer_size: int) -> pq.ParquetFile:
+        # pre_buffer off: this function decides what is fetched ahead, and how much.
+        if buffer_size not in readers:
+            readers[buffer_size] = pq.ParquetFile(pa.PythonFile(sparse, mode="r"), metadata=md,
+                                                  buffer_size=buffer_size, pre_buffer=False)
+        return readers[buffer_size]
+
     try:
-        reader = pq.ParquetFile(pa.PythonFile(sparse, mode="r"), metadata=md)
-        for r in range(md.num_row_groups if names else 0):
+        for r in range(md.num_row_groups if leaves else 0):
             if should_stop():
                 raise DeadlineReached(key)
             group = md.row_group(r)
-            sparse.ranges = [(a, fetch(a, b - 1)) for a, b in coalesce([chunk_range(group.column(j)) for j in leaves])]
-            table = reader.read_row_group(r, columns=names, use_threads=False)
+            ranges = [chunk_range(group.column(j)) for j in leaves]
+            if sum(b - a for a, b in ranges) <= cap:
+                sparse.ranges = [(a, fetch(a, b - 1)) for a, b in coalesce(ranges)]
+                piece = 0
+            else:
+                # Too much to hold at once: every chunk is read on demand, in pieces, as it decodes.
+                piece = max(64 << 10, min(MAX_READ_PIECE, cap // (2 * len(leaves))))
+            batches = reader(piece).reader.iter_batches(batch_rows(group, leaves, cap), [r],
+                                                        column_indices=leaves, use_threads=False)
+            for batch in batches:
+                for name, array in zip(batch.schema.names, batch.columns, strict=True):
+                    part = ColumnProfile.of_array(array)
+                    if name in profiles:
+                        profiles[name].absorb(part)
+                    else:
+                        profiles[name] = part
+                del batch, array
+                if should_stop():
+                    raise DeadlineReached(key)
             sparse.ranges = []
-            for name in names:
-                part = ColumnProfile.of_array(table.column(name))
-                if name in profiles:
-                    profiles[name].absorb(part)
-                else:
-                    profiles[name] = part
-            del table
-    except (pa.ArrowException, OSError) as e:
-        return Summary.of_skipped(key, f"unreadable data: {e}")
+    except DeadlineReached:
+        raise
+    except DECODE_ERRORS as e:
+        if sparse.error is not None and not isinstance(sparse.error, DECODE_ERRORS):
+            raise sparse.error from None  # a fetch failure (Retryable, NotFound...), not the data's
+        return Summary.of_skipped(key, f"unreadable data: {type(e).__name__}: {e}")
+    finally:
+        sparse.ranges = []
+    for field in schema:  # a column of empty row groups only: its type, no values
+        if field.name in names and field.name not in profiles:
+            profiles[field.name] = ColumnProfile.of_array(pa.array([], type=field.type))
     for name, value in partition_values(key).items():
         if columns is None or name in columns:
             profiles.setdefault(name, ColumnProfile.constant(value, md.num_rows))
-    return Summary.of_file(key, size, md, columns, profiles)
+    return Summary.of_file(key, size, md, columns, profiles, leaves=paths)

@@ -6,7 +6,10 @@ Pure: the shape is schemas/result.schema.json, and tests hold every result again
 from __future__ import annotations
 
 import json
+import math
+import re
 from datetime import UTC, datetime
+from typing import Any
 
 from worker import __version__
 from worker.errors import WorkerError
@@ -14,6 +17,16 @@ from worker.jobs import Job, JobRef
 
 OK = "ok"
 ERROR = "error"
+# Pub/Sub's limits (cloud.google.com/pubsub/quotas): a publish request of 10 MB in all, attribute keys of
+# 256 bytes and values of 1,024 bytes. The default leaves room for the attributes (100 at the most).
+DEFAULT_RESULT_MAX_BYTES = 9_000_000
+MAX_ATTRIBUTE_KEY_BYTES = 256
+MAX_ATTRIBUTE_VALUE_BYTES = 1024
+# What a result too large gives up first, each section cut from its end (its last entries in the
+# order the result lists them); "omitted" then says how many entries of each went.
+REDUCTION_ORDER = ("skipped", "profile", "statistics", "schema", "created_by", "compression")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
 def _base(ref: Job | JobRef, status: str, timings: dict[str, float] | None) -> dict:
@@ -49,10 +62,102 @@ def error_result(ref: Job | JobRef, error: WorkerError, timings: dict[str, float
     return {**_base(ref, ERROR, timings), "error": error.to_dict()}
 
 
+def to_json(result: dict) -> bytes:
+    """A result as compact, strict JSON in UTF-8 (no NaN or Infinity tokens, no lone surrogates)."""
+    try:
+        return json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, TypeError, UnicodeEncodeError):
+        # Rendering already makes every figure JSON; this is the net under it, for whatever slipped by.
+        return json.dumps(strict(result), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def strict(value: Any) -> Any:
+    """``value`` with only JSON's own types: non-finite floats as "NaN"/"Infinity"/"-Infinity", strings
+    made valid Unicode (a lone surrogate becomes U+FFFD), anything else as its text."""
+    if isinstance(value, str):
+        return _valid_text(value)
+    if isinstance(value, bool) or value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else NON_FINITE[repr(value)]
+    if isinstance(value, dict):
+        return {_valid_text(str(k)): strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return _valid_text(str(value))
+
+
+def _valid_text(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+
+
+def fit(result: dict, max_bytes: int = DEFAULT_RESULT_MAX_BYTES) -> dict:
+    """``result`` as strict JSON values, reduced when its encoding is over ``max_bytes``.
+
+    Deterministic: sections go in REDUCTION_ORDER, each from its end, only as many entries as needed;
+    the result then carries ``omitted`` ({section: entries left out, ..., "max_bytes": N}). The counts
+    (rows, columns, files, skipped_count...) always stay. If even that is too large (a huge job echo, say),
+    the echo goes too; an error result keeps its code and message.
+    """
+    try:  # the usual case, all in C: already strict
+        size = len(json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8"))
+    except (ValueError, TypeError, UnicodeEncodeError):
+        result = strict(result)
+        size = len(to_json(result))
+    if size <= max_bytes:
+        return result
+    reduced = dict(result)
+    omitted: dict[str, Any] = {"max_bytes": max_bytes, "original_bytes": size}
+    for section in REDUCTION_ORDER:
+        if section not in reduced or not reduced[section]:
+            continue
+        room = max_bytes - len(to_json({**reduced, "omitted": {**omitted, section: 10**9}}))
+        kept, dropped = _cut(reduced[section], room + _size(reduced[section]))
+        if dropped:
+            reduced[section] = kept
+            omitted[section] = dropped
+        if len(to_json({**reduced, "omitted": omitted})) <= max_bytes:
+            return {**reduced, "omitted": omitted}
+    for section in ("job", "problems"):
+        if section == "job" and "job" in reduced:
+            reduced.pop("job")
+            omitted["job"] = 1
+        elif section == "problems" and "problems" in reduced.get("error", {}):
+            problems = reduced["error"]["problems"]
+            reduced["error"] = {k: v for k, v in reduced["error"].items() if k != "problems"}
+            omitted["problems"] = len(problems)
+        if len(to_json({**reduced, "omitted": omitted})) <= max_bytes:
+            return {**reduced, "omitted": omitted}
+    raise ValueError(f"a result cannot be made to fit in {max_bytes} bytes")
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+
+
+def _cut(section: list | dict, budget: int) -> tuple[list | dict, int]:
+    """The longest head of ``section`` whose encoding fits in ``budget`` bytes, and how many entries went."""
+    items = list(section.items()) if isinstance(section, dict) else list(section)
+    used = 2  # the brackets
+    keep = 0
+    for item in items:
+        cost = (_size(item[0]) + 1 + _size(item[1]) if isinstance(section, dict) else _size(item)) + (1 if keep else 0)
+        if used + cost > budget:
+            break
+        used += cost
+        keep += 1
+    head = items[:keep]
+    return (dict(head) if isinstance(section, dict) else head), len(items) - keep
+
+
 def to_message(result: dict) -> tuple[bytes, dict[str, str]]:
     """The Pub/Sub message for a result: compact JSON, and attributes subscribers can filter on: the job's
     pass-through attributes, then the worker's own (job_id, status, correlation_id, source_message_id,
-    error_code)."""
+    error_code). Attributes over Pub/Sub's size limits are left out (the result's ``attributes`` shows them)."""
     attributes = dict(result.get("attributes") or {})
     attributes |= {"job_id": result["job_id"], "status": result["status"]}
     if result.get("correlation_id"):
@@ -61,8 +166,10 @@ def to_message(result: dict) -> tuple[bytes, dict[str, str]]:
         attributes["source_message_id"] = result["message_id"]
     if result["status"] == ERROR:
         attributes["error_code"] = result["error"]["code"]
-    data = json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-    return data, attributes
+    attributes = {_valid_text(k): _valid_text(v) for k, v in attributes.items()}
+    attributes = {k: v for k, v in attributes.items() if 0 < len(k.encode("utf-8")) <= MAX_ATTRIBUTE_KEY_BYTES
+                  and len(v.encode("utf-8")) <= MAX_ATTRIBUTE_VALUE_BYTES}
+    return to_json(result), attributes
 
 
 def http_status(result: dict) -> int:

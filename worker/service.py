@@ -1,31 +1,54 @@
 """One job, start to end: federate -> list -> summarize -> result.
 
 The collaborators are injected (``Storage``, ``Publisher``); ``worker.app`` builds the real
-ones at the edge. The retry contract lives here: permanent errors become one error result;
-retryable ones are raised so that Pub/Sub redelivers.
+ones at the edge. The delivery contract lives here: every message ends in exactly one of
+(a) one result published and the message acknowledged, or (b) a classified transient fault
+(``Retryable``) raised so that Pub/Sub redelivers. Anything else, a bug included, is answered
+with an ``internal`` error result that names an incident in the log.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Protocol
 
 from worker.config import Settings
-from worker.errors import DeadlineExceeded, Forbidden, NotFound, WorkerError
-from worker.jobs import InvalidJobMessage, Job, job_from_pubsub, parse_job
-from worker.results import error_result, ok_result
-from worker.summary import DeadlineReached, Summary, SummaryBuilder, skip_reason, summarize_object
+from worker.errors import DeadlineExceeded, Forbidden, Internal, NotFound, Retryable, WorkerError
+from worker.jobs import InvalidJobMessage, Job, JobRef, job_from_pubsub, new_job_id, parse_job
+from worker.logs import new_incident_id, report_incident
+from worker.results import error_result, fit, ok_result
+from worker.summary import (
+    DEFAULT_LIMITS,
+    DeadlineReached,
+    Limits,
+    Summary,
+    SummaryBuilder,
+    skip_reason,
+    summarize_object,
+)
 
 log = logging.getLogger("worker")
+MAX_REASON = 300  # characters of a skipped object's reason (decoder messages can run long)
 
 
 class ObjectStore(Protocol):
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]: ...
-    def fetch(self, key: str, start: int, end: int) -> bytes: ...
+    """One job's view of one bucket. Only a ``WorkerError`` may escape its methods."""
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under ``prefix``, in key order, fetched page by page as consumed."""
+        ...
+
+    def fetch(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (inclusive) of one object. ``NotFound``: the object is gone;
+        ``Forbidden``: this object may not be read; ``Retryable``: try the job again later."""
+        ...
 
 
 class Storage(Protocol):
@@ -35,8 +58,10 @@ class Storage(Protocol):
 
 class Publisher(Protocol):
     def publish(self, result: dict, topic: str | None = None) -> str:
-        """Publish to ``topic`` (default: REPLY_TOPIC). A topic that is missing or closed to the worker
-        raises a permanent WorkerError (NotFound, Forbidden); anything else that fails raises too."""
+        """Publish to ``topic`` (default: REPLY_TOPIC). Raises ``Retryable`` for a fault a later attempt can get
+        past (including REPLY_TOPIC missing or closed: the message waits for the operator); a permanent
+        WorkerError (NotFound, Forbidden) for a job's own reply topic that is missing or closed; and
+        ``ResultRejected`` when Pub/Sub refuses this very message."""
         ...
 
 
@@ -51,124 +76,192 @@ class Worker:
     # -- entry points -----------------------------------------------------------------
 
     def handle_pubsub(self, data: Any, event_id: str | None = None) -> dict:
-        """Answer one ``messagePublished`` event: publish its result, or raise to be redelivered."""
+        """Answer one ``messagePublished`` event: publish its result, or raise ``Retryable`` to be redelivered."""
         if self.publisher is None:
             self.settings.require_reply_topic()
             raise RuntimeError("no publisher configured")
-        job, topic = None, None
+        job: Job | None = None
         try:
             job = job_from_pubsub(data, event_id, time_zone=self.settings.template_time_zone)
-            self._check_reply_topic(job)
+            result = self._answer(job)
         except InvalidJobMessage as e:
             result = error_result(e.ref, e)
-        except Forbidden as e:
-            result = error_result(job, e)
-        else:
-            topic = job.reply_topic
-            result = self.run(job)
+        except Retryable:
+            raise
+        except Exception as e:  # noqa: BLE001 - a bug while parsing or answering: answered once, never retried
+            ref = job or _ref_of_event(data, event_id)
+            result = error_result(ref, self._incident(e, "parsing the job" if job is None else "answering the job",
+                                                      ref))
+        return self._publish(result, job)
+
+    def handle_http(self, body: bytes) -> dict:
+        """Answer one HTTP job synchronously; retryable faults become an error result too (HTTP 503)."""
+        job: Job | None = None
         try:
+            job = parse_job(body, time_zone=self.settings.template_time_zone)
+            result = self._answer(job)
+        except InvalidJobMessage as e:
+            result = error_result(e.ref, e)
+        except Retryable as e:  # the caller sees 503 and may try again
+            result = error_result(job, e) if job is not None else error_result(JobRef(job_id=new_job_id()), e)
+        except Exception as e:  # noqa: BLE001 - the boundary: every request gets an answer
+            ref = job or JobRef(job_id=new_job_id())
+            result = error_result(ref, self._incident(e, "parsing the job" if job is None else "answering the job",
+                                                      ref))
+        result = fit(result, self.settings.result_max_bytes)
+        _log_result(result)
+        return result
+
+    def _answer(self, job: Job) -> dict:
+        """The result of a valid job: an error result for a refused reply topic, else the job's run."""
+        if job.reply_topic and not self.settings.reply_topic_allowed(job.reply_topic):
+            return error_result(job, Forbidden(f"reply_topic {job.reply_topic!r} is not in ALLOWED_REPLY_TOPICS "
+                                               "(nor the worker's REPLY_TOPIC)"))
+        return self.run(job)
+
+    def _publish(self, result: dict, job: Job | None) -> dict:
+        """Publish ``result`` where it belongs, exactly once; raise only what Pub/Sub should redeliver for."""
+        assert self.publisher is not None
+        own_topic = job is not None and job.reply_topic and self.settings.reply_topic_allowed(job.reply_topic)
+        topic = job.reply_topic if own_topic else None
+        try:
+            result = fit(result, self.settings.result_max_bytes)
             result_id = self.publisher.publish(result, topic)
+        except Retryable:
+            raise
         except WorkerError as e:
-            if topic is None or e.retryable:
-                raise
-            # The job's own reply topic is missing or closed: say so where results go by default.
-            result = error_result(job, e)
+            if topic is None:
+                result = self._replacement(result, e)
+            else:  # the job's own reply topic is missing or closed: say so where results go by default
+                result = fit(error_result(job, e), self.settings.result_max_bytes)
+            result_id = self.publisher.publish(result)
+        except Exception as e:  # noqa: BLE001 - this result cannot be sent: send one that says so
+            result = self._replacement(result, e)
             result_id = self.publisher.publish(result)
         _log_result(result, result_message_id=result_id)
         return result
 
-    def handle_http(self, body: bytes) -> dict:
-        """Answer one HTTP job synchronously; retryable faults become an error result too."""
-        try:
-            job = parse_job(body, time_zone=self.settings.template_time_zone)
-            self._check_reply_topic(job)
-        except InvalidJobMessage as e:
-            result = error_result(e.ref, e)
-        except Forbidden as e:
-            result = error_result(job, e)
-        else:
-            try:
-                result = self.run(job)
-            except WorkerError as e:  # retryable: the caller sees 503 and may try again
-                result = error_result(job, e)
-        _log_result(result)
-        return result
+    def _replacement(self, result: dict, error: Exception) -> dict:
+        """A small ``internal`` error result that stands for one that Pub/Sub refused or that could not be built."""
+        ref = JobRef(job_id=result["job_id"], message_id=result.get("message_id"), bucket=result.get("bucket"),
+                     prefix=result.get("prefix"), mode=result.get("mode"), correlation_id=result.get("correlation_id"),
+                     attributes=result.get("attributes") or {})
+        return fit(error_result(ref, self._incident(error, "publishing the result", ref)),
+                   self.settings.result_max_bytes)
 
-    def _check_reply_topic(self, job: Job) -> None:
-        if job.reply_topic and not self.settings.reply_topic_allowed(job.reply_topic):
-            raise Forbidden(f"reply_topic {job.reply_topic!r} is not in ALLOWED_REPLY_TOPICS "
-                            "(nor the worker's REPLY_TOPIC)")
+    def _incident(self, exc: BaseException, stage: str, ref: Job | JobRef | None) -> Internal:
+        incident_id = new_incident_id()
+        report_incident(log, exc, incident_id, stage=stage, fields=_ids(ref) if ref is not None else None)
+        return Internal(exc, stage=stage, incident_id=incident_id)
 
     # -- one job ----------------------------------------------------------------------
 
     def run(self, job: Job, on_progress: Progress | None = None) -> dict:
-        """Summarize one job. Returns an ok or permanent-error result; raises retryable errors."""
+        """Summarize one job. Returns an ok or permanent-error result; raises only ``Retryable``."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
         deadline = time.monotonic() + self.settings.job_deadline_seconds
+        stage = "checking the job"
         try:
             if self.settings.allowed_buckets and job.bucket not in self.settings.allowed_buckets:
                 raise Forbidden(f"bucket {job.bucket!r} is not in ALLOWED_BUCKETS")
+            stage = "federating"
             with _phase(timings, "federation"):
                 self.storage.ensure_credentials()
-            with _phase(timings, "listing"):  # includes making the S3 client on an instance's first job
-                store = self.storage.objects(job.bucket, job.job_id)
-                listed = list(store.list(job.prefix))
+            stage = "listing and reading"
             full = job.mode == "full"
+            tally = Tally()
+            # Listing and reading overlap (the listing is streamed): "reading" covers both, "listing"
+            # the time to the first page, which includes making the S3 client on an instance's first job.
+            with _phase(timings, "listing"):
+                store = self.storage.objects(job.bucket, job.job_id)
+                listed = _first_page_timed(store.list(job.prefix))
             with _phase(timings, "reading"):
                 try:
                     summary = summarize_listing(
                         store, listed, mode=job.mode, columns=job.columns, deadline=deadline,
                         concurrency=self.settings.full_mode_concurrency if full else self.settings.read_concurrency,
-                        on_progress=on_progress)
+                        on_progress=on_progress, tally=tally, limits=self.settings.limits())
                 except DeadlineReached as e:
+                    of = f"{e.total}" if e.total is not None else "(still listing) the"
                     raise DeadlineExceeded(
                         f"stopped at the {self.settings.job_deadline_seconds}s job deadline after reading "
-                        f"{e.args[1]} of {e.args[2]} Parquet objects; split the prefix into smaller jobs",
-                        details={"files_read": e.args[1], "files_total": e.args[2],
+                        f"{e.done} of {of} Parquet objects; split the prefix into smaller jobs",
+                        details={"files_read": e.done, "files_total": e.total, "listing_complete": e.total is not None,
                                  "deadline_seconds": self.settings.job_deadline_seconds}) from None
-            if summary.files == 0 and not any(skip_reason(k, s) is None for k, s in listed):
-                raise NotFound(_nothing_found(job, len(listed)))
+            stage = "building the result"
+            if tally.parquet == 0:
+                raise NotFound(_nothing_found(job, tally.listed))
+            if tally.refused == tally.parquet:
+                raise Forbidden(f"every Parquet object under s3://{job.bucket}/{job.prefix} was refused "
+                                f"({tally.parquet}); the first: {tally.first_refusal}",
+                                details={"objects_refused": tally.refused})
+            timings["total"] = _ms_since(started)
+            fields = summary.to_dict()
+            if job.columns is not None:
+                fields["missing_columns"] = sorted(set(job.columns) - set(summary.fields) - summary.partition_columns)
+            return ok_result(job, fields, timings)
         except WorkerError as e:
             timings["total"] = _ms_since(started)
             if e.retryable:
                 log.warning("job will be retried: %s", e.message, extra={"fields": _ids(job) | {"code": e.code}})
                 raise
             return error_result(job, e, timings)
-        timings["total"] = _ms_since(started)
-        fields = summary.to_dict()
-        if job.columns is not None:
-            fields["missing_columns"] = sorted(set(job.columns) - set(summary.fields) - summary.partition_columns)
-        return ok_result(job, fields, timings)
+        except Exception as e:  # noqa: BLE001 - a bug: answered once as internal, never retried
+            timings["total"] = _ms_since(started)
+            return error_result(job, self._incident(e, stage, job), timings)
 
 
 Progress = Callable[[int, int], None]
-"""Called with (objects done, objects to read) as a job advances."""
+"""Called with (objects done, Parquet objects listed so far) as a job advances."""
 
 
-def summarize_listing(store: ObjectStore, listed: list[tuple[str, int]], *, concurrency: int,
+@dataclass
+class Tally:
+    """What one job's listing held: filled in by :func:`summarize_listing` for the caller to judge the job by."""
+
+    listed: int = 0
+    parquet: int = 0
+    refused: int = 0
+    first_refusal: str | None = None
+
+
+def summarize_listing(store: ObjectStore, listed: Iterable[tuple[str, int]], *, concurrency: int,
                       mode: str = "metadata", columns: Collection[str] | None = None,
                       deadline: float | None = None, clock: Callable[[], float] = time.monotonic,
-                      on_progress: Progress | None = None) -> Summary:
+                      on_progress: Progress | None = None, tally: Tally | None = None,
+                      limits: Limits = DEFAULT_LIMITS) -> Summary:
     """Merge the summaries of every listed object, with at most ``concurrency`` objects in flight.
 
-    Raises DeadlineReached(key, done, total) once ``clock()`` passes ``deadline``: no new
-    object is started, and in full mode no new row group.
+    ``listed`` is consumed as it comes (a streamed listing): memory does not grow with the number of
+    keys. One object's failure is that object's: it is skipped with its reason (``tally.refused``
+    counts access refusals). Raises ``Retryable`` as it comes, and ``DeadlineReached`` once ``clock()``
+    passes ``deadline``: no new key is taken from the listing, no new object started, and in full
+    mode no new row group.
     """
+    tally = tally if tally is not None else Tally()
     total = SummaryBuilder()
-    to_read = []
-    for key, size in listed:
-        reason = skip_reason(key, size)
-        if reason is None:
-            to_read.append((key, size))
-        else:
-            total.add(Summary.of_skipped(key, reason))
-    if not to_read:
-        return total.build()
     wanted = frozenset(columns) if columns is not None else None
+    done = 0
+    listing_complete = False
+    lock = threading.Lock()
 
     def late() -> bool:
         return deadline is not None and clock() > deadline
+
+    def parquet_keys() -> Iterator[tuple[str, int]]:
+        nonlocal listing_complete
+        for key, size in listed:
+            if late():
+                raise DeadlineReached(key, done=done, total=None)
+            tally.listed += 1
+            reason = skip_reason(key, size)
+            if reason is None:
+                tally.parquet += 1
+                yield key, size
+            else:
+                total.skip(key, reason)
+        listing_complete = True
 
     def one(item: tuple[str, int]) -> Summary:
         key, size = item
@@ -180,20 +273,37 @@ def summarize_listing(store: ObjectStore, listed: list[tuple[str, int]], *, conc
             if mode == "full":
                 from worker.profile import profile_object  # numpy and sketches only for full mode
 
-                return profile_object(key, size, fetch, columns=wanted, should_stop=late)
-            return summarize_object(key, size, fetch, wanted)
-        except NotFound:
-            return Summary.of_skipped(key, "object disappeared after it was listed")
+                return profile_object(key, size, fetch, columns=wanted, should_stop=late, limits=limits)
+            return summarize_object(key, size, fetch, wanted, limits=limits)
+        except (Retryable, DeadlineReached):
+            raise
+        except WorkerError as e:
+            if isinstance(e, Forbidden):
+                with lock:
+                    tally.refused += 1
+                    tally.first_refusal = tally.first_refusal or f"{key}: {e.message}"
+            return Summary.of_skipped(key, _reason(e.message))
+        except Exception as e:  # a decoder's fault on one hostile object costs that object only
+            log.warning("object skipped: %s: %s", type(e).__name__, key, exc_info=True)
+            return Summary.of_skipped(key, _reason(f"unreadable ({type(e).__name__}): {e}"))
 
-    if len(to_read) == 1:  # one object: no pool of threads to start and stop for it
-        if late():
-            raise DeadlineReached(to_read[0][0], 0, 1)
-        total.add(one(to_read[0]))
+    def progressed() -> None:
         if on_progress is not None:
-            on_progress(1, 1)
+            on_progress(done, tally.parquet)
+
+    keys = parquet_keys()
+    first = next(keys, None)
+    second = next(keys, None) if first is not None else None
+    if first is None:
         return total.build()
-    done = 0
-    with ThreadPoolExecutor(max_workers=min(concurrency, len(to_read)), thread_name_prefix="reader") as pool:
+    if second is None:  # one object: no pool of threads to start and stop for it
+        if late():
+            raise DeadlineReached(first[0], done=0, total=1)
+        total.add(one(first))
+        done = 1
+        progressed()
+        return total.build()
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="reader") as pool:
         in_flight: set = set()
 
         def collect(futures) -> None:
@@ -201,14 +311,13 @@ def summarize_listing(store: ObjectStore, listed: list[tuple[str, int]], *, conc
             for future in futures:
                 total.add(future.result())
                 done += 1
-                if on_progress is not None:
-                    on_progress(done, len(to_read))
+                progressed()
 
         try:
             # A bounded window in flight, so memory does not grow with the prefix.
-            for item in to_read:
+            for item in chain([first, second], keys):
                 if late():
-                    raise DeadlineReached(item[0], done, len(to_read))
+                    raise DeadlineReached(item[0], done=done, total=tally.parquet if listing_complete else None)
                 in_flight.add(pool.submit(one, item))
                 if len(in_flight) >= 2 * concurrency:
                     finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -217,12 +326,34 @@ def summarize_listing(store: ObjectStore, listed: list[tuple[str, int]], *, conc
         except DeadlineReached as e:
             for future in in_flight:
                 future.cancel()
-            raise DeadlineReached(e.args[0], done, len(to_read)) from None
+            raise DeadlineReached(e.key, done=done, total=tally.parquet if listing_complete else None) from None
         except BaseException:
             for future in in_flight:
                 future.cancel()
             raise
     return total.build()
+
+
+def _reason(text: str) -> str:
+    return text if len(text) <= MAX_REASON else text[:MAX_REASON - 3] + "..."
+
+
+def _first_page_timed(listing: Iterator[tuple[str, int]]) -> Iterator[tuple[str, int]]:
+    """Start ``listing`` now (its first page, and any error such as NoSuchBucket), and hand it on as it comes."""
+    first = next(listing, None)
+    return iter(()) if first is None else chain([first], listing)
+
+
+def _ref_of_event(data: Any, event_id: str | None) -> JobRef:
+    """As much of a message's identity as can be had without trusting it (for an internal error's result)."""
+    message_id = event_id
+    try:
+        candidate = data["message"]["messageId"]
+        if isinstance(candidate, str) and candidate:
+            message_id = candidate
+    except (KeyError, TypeError, IndexError):
+        pass
+    return JobRef(job_id=message_id or new_job_id(), message_id=message_id)
 
 
 def _nothing_found(job: Job, listed: int) -> str:
@@ -248,7 +379,9 @@ def _ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
-def _ids(job: Job) -> dict:
+def _ids(job: Job | JobRef | None) -> dict:
+    if job is None:
+        return {}
     return {"job_id": job.job_id, "message_id": job.message_id, "bucket": job.bucket, "prefix": job.prefix}
 
 

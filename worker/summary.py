@@ -8,16 +8,21 @@ workers and the parts combined. Only pyarrow is imported: no cloud library.
 from __future__ import annotations
 
 import base64
-import math
+import bisect
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from worker.footer import FooterError, FooterSchema, column_key, read_schema
+from worker.values import LeafType, Unusable, ValueType, decode_statistic, leaf_type, render, render_number
 
 MAGIC = b"PAR1"
 ENCRYPTED_MAGIC = b"PARE"
@@ -25,7 +30,68 @@ ENCRYPTED_MAGIC = b"PARE"
 # footer costs exactly one more read of the part that is missing.
 TAIL_BYTES = 64 * 1024
 MAX_SKIPPED_LISTED = 100
+MAX_CREATED_BY = 20  # distinct writer strings listed (they come from the files: bounded like all else)
+MAX_CREATED_BY_CHARS = 200
 _PARTITION = re.compile(r"^([^=/]+)=([^/]*)$")
+# Parsing a footer costs about 17 times its size at the peak (a valid 50 MB footer: ~850 MB),
+# so footers beyond the first tail read are parsed at most this many bytes' worth at a time.
+FOOTER_BUDGET_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource bounds for reading one object, whatever its bytes say.
+
+    ``footer_max_bytes``: a larger footer skips its file before the footer is fetched. 16 MiB
+    holds the footer of any ordinary file (thousands of columns and row groups) and costs about
+    270 MiB at the peak to parse; with FOOTER_BUDGET_BYTES no more than that is parsed at once,
+    so the worst case stays well under 400 MiB however many reads are in flight.
+    ``schema_max_depth``: a deeper schema skips its file before pyarrow's recursive schema code
+    runs (7,000 levels overflow a thread's stack); 100 levels is ~33 nested lists.
+    ``full_mode_batch_bytes``: full mode decodes about this much of one object at a time,
+    whatever the size of its row groups.
+    """
+
+    footer_max_bytes: int = 16 * 1024 * 1024
+    schema_max_depth: int = 100
+    full_mode_batch_bytes: int = 32 * 1024 * 1024
+
+
+class ByteBudget:
+    """A weighted semaphore over bytes, shared by threads.
+
+    ``acquire(n)`` waits until ``used + n <= capacity`` or nothing else is held, so one request
+    larger than the capacity still proceeds, alone.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.used = 0
+        self._changed = threading.Condition()
+
+    def acquire(self, n: int) -> None:
+        with self._changed:
+            while self.used and self.used + n > self.capacity:
+                self._changed.wait()
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self._changed:
+            self.used -= n
+            self._changed.notify_all()
+
+    @contextmanager
+    def hold(self, n: int) -> Iterator[None]:
+        """Hold ``n`` bytes of the budget for the duration of a ``with`` block."""
+        self.acquire(n)
+        try:
+            yield
+        finally:
+            self.release(n)
+
+
+FOOTER_BUDGET = ByteBudget(FOOTER_BUDGET_BYTES)
+DEFAULT_LIMITS = Limits()
 
 
 class UnreadableFile(Exception):
@@ -33,15 +99,37 @@ class UnreadableFile(Exception):
 
 
 class DeadlineReached(Exception):
-    """Raised when a job must stop before its deadline; the message names where it stopped."""
+    """Raised when a job must stop before its deadline: ``key`` is where it stopped, ``done`` of
+    ``total`` objects were read by then (``total`` is None while the listing was still going)."""
+
+    def __init__(self, key: str, *, done: int = 0, total: int | None = None):
+        super().__init__(f"deadline reached at {key!r} after {done} object(s)")
+        self.key, self.done, self.total = key, done, total
 
 
 Fetch = Callable[[int, int], bytes]
 """Read bytes ``start`` to ``end`` inclusive of one object (an HTTP Range)."""
 
 
-def read_footer(size: int, fetch: Fetch) -> pq.FileMetaData:
+class Footer(NamedTuple):
+    """A decoded footer and the shape of its schema (leaf paths as components)."""
+
+    metadata: pq.FileMetaData
+    schema: FooterSchema
+
+
+def read_footer(size: int, fetch: Fetch, *, limits: Limits = DEFAULT_LIMITS, budget: ByteBudget | None = None
+                ) -> pq.FileMetaData:
     """The footer metadata of a Parquet object of ``size`` bytes, in at most two ranged reads."""
+    return load_footer(size, fetch, limits=limits, budget=budget).metadata
+
+
+def load_footer(size: int, fetch: Fetch, *, limits: Limits = DEFAULT_LIMITS,
+                budget: ByteBudget | None = None) -> Footer:
+    """The footer of a Parquet object of ``size`` bytes and its schema's shape, in at most two
+    ranged reads. A footer over ``limits.footer_max_bytes`` is refused before it is fetched; one
+    larger than the first read is fetched and parsed within ``budget`` (FOOTER_BUDGET by default).
+    """
     if size < len(MAGIC) * 2 + 4:
         raise UnreadableFile(f"too small to be Parquet ({size} bytes)")
     start = max(0, size - TAIL_BYTES)
@@ -55,25 +143,40 @@ def read_footer(size: int, fetch: Fetch) -> pq.FileMetaData:
     footer_len = int.from_bytes(tail[-8:-4], "little")
     if footer_len <= 0 or footer_len + 8 + len(MAGIC) > size:
         raise UnreadableFile(f"corrupt footer length {footer_len} in a {size}-byte file")
+    if footer_len > limits.footer_max_bytes:
+        raise UnreadableFile(f"footer of {footer_len} bytes is over the limit of {limits.footer_max_bytes} bytes")
     if footer_len + 8 <= len(tail):
-        footer = tail[len(tail) - 8 - footer_len:-8]
-    else:
+        return _parse(tail[len(tail) - 8 - footer_len:-8], limits)
+    with (budget or FOOTER_BUDGET).hold(footer_len):
         missing = fetch(size - 8 - footer_len, start - 1)
         footer = missing + tail[:-8]
+        del missing
         if len(footer) != footer_len:
             raise UnreadableFile(f"short read of a {footer_len}-byte footer")
-    return parse_footer(footer)
+        return _parse(footer, limits)
 
 
-def parse_footer(footer: bytes) -> pq.FileMetaData:
-    """Decode footer bytes (the Thrift FileMetaData) without the rest of the file."""
+def parse_footer(footer: bytes, *, limits: Limits = DEFAULT_LIMITS) -> pq.FileMetaData:
+    """Decode footer bytes (the Thrift FileMetaData) without the rest of the file; a schema
+    nested deeper than ``limits.schema_max_depth`` is refused before pyarrow sees it."""
+    return _parse(footer, limits).metadata
+
+
+def _parse(footer: bytes, limits: Limits) -> Footer:
+    try:
+        schema = read_schema(footer, max_depth=limits.schema_max_depth)
+    except FooterError as e:
+        raise UnreadableFile(f"corrupt footer: {e}") from None
     # Offsets inside the footer point into the original file; metadata alone never follows
     # them, so a minimal file of magic + footer + length + magic decodes exactly.
     framed = MAGIC + footer + len(footer).to_bytes(4, "little") + MAGIC
     try:
-        return pq.read_metadata(pa.BufferReader(framed))
+        md = pq.read_metadata(pa.BufferReader(framed))
     except (OSError, pa.ArrowException, ValueError) as e:
         raise UnreadableFile(f"corrupt footer: {e}") from None
+    if md.num_columns != len(schema.leaves):  # never seen; the keys would be wrong, so say so
+        raise UnreadableFile(f"footer schema has {len(schema.leaves)} leaves, pyarrow reads {md.num_columns}")
+    return Footer(md, schema)
 
 
 def skip_reason(key: str, size: int) -> str | None:
@@ -85,14 +188,29 @@ def skip_reason(key: str, size: int) -> str | None:
     return None
 
 
-def summarize_object(key: str, size: int, fetch: Fetch, columns: Collection[str] | None = None) -> Summary:
+# What decoding one object's hostile or unusual bytes can raise: the object is skipped with
+# the reason. Retryable and the other WorkerErrors (from fetching) are none of these.
+DECODE_ERRORS = (pa.ArrowException, ValueError, OSError, RecursionError, IndexError, KeyError, OverflowError)
+
+
+def summarize_object(key: str, size: int, fetch: Fetch, columns: Collection[str] | None = None, *,
+                     limits: Limits = DEFAULT_LIMITS, budget: ByteBudget | None = None) -> Summary:
     """The summary of one ``.parquet`` object from its footer; unreadable objects become skips."""
     try:
-        return Summary.of_file(key, size, read_footer(size, fetch), columns)
+        footer = load_footer(size, fetch, limits=limits, budget=budget)
+        return Summary.of_file(key, size, footer.metadata, columns, leaves=footer.schema.leaves)
     except UnreadableFile as e:
         return Summary.of_skipped(key, str(e))
-    except (pa.ArrowException, ValueError, OSError) as e:  # a footer pyarrow decodes but cannot map
-        return Summary.of_skipped(key, f"unsupported Parquet schema: {e}")
+    except DECODE_ERRORS as e:  # a footer pyarrow decodes but cannot map
+        return Summary.of_skipped(key, f"unsupported Parquet schema: {type(e).__name__}: {e}")
+
+
+def leaf_paths(md: pq.FileMetaData) -> tuple[tuple[str, ...], ...]:
+    """Each leaf column's path as components, from decoded metadata. pyarrow only gives paths
+    joined with ".", which cannot tell the column "a.b" from child "b" of "a"; so the footer is
+    serialized again and walked."""
+    _, (buffer,) = md.__reduce__()
+    return read_schema(memoryview(buffer), max_depth=1 << 30).leaves
 
 
 def partition_values(key: str) -> dict[str, str]:
@@ -119,7 +237,12 @@ class FieldInfo:
 
 @dataclass(frozen=True)
 class ColumnStats:
-    """Footer statistics of one leaf column; min/max only where every row group recorded them."""
+    """Footer statistics of one leaf column; min/max only where every row group recorded them.
+
+    ``min``/``max`` are comparable values (:mod:`worker.values`), rendered by ``vtype`` only in
+    ``to_dict``, so merging compares exact values (ints, Decimals, bytes), never their text.
+    ``unusable`` says why a row group's bounds were ignored (a NaN bound, an unordered type).
+    """
 
     types: frozenset[str]
     position: int
@@ -127,11 +250,14 @@ class ColumnStats:
     has_min_max: bool
     min: Any = None
     max: Any = None
+    vtype: ValueType | None = None
+    unusable: str | None = None
 
     def merge(self, other: ColumnStats) -> ColumnStats:
         types = self.types | other.types
         null_count = None if self.null_count is None or other.null_count is None else self.null_count + other.null_count
         has_min_max = self.has_min_max and other.has_min_max and len(types) == 1
+        reasons = [r for r in (self.unusable, other.unusable) if r]
         return ColumnStats(
             types=types,
             position=min(self.position, other.position),
@@ -139,10 +265,36 @@ class ColumnStats:
             has_min_max=has_min_max,
             min=merge_bound(min, self.min, other.min) if has_min_max else None,
             max=merge_bound(max, self.max, other.max) if has_min_max else None,
+            vtype=self.vtype or other.vtype,
+            unusable=min(reasons) if reasons else None,  # min: the same reason whatever the merge order
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The statistics entry of a result: null_count, min, max (rendered), and what was not rendered."""
+        item: dict[str, Any] = {"null_count": self.null_count, "min": None, "max": None}
+        unrendered: dict[str, str] = {}
+        truncated: list[str] = []
+        if len(self.types) > 1:
+            item["type_conflict"] = True
+        elif self.has_min_max and self.vtype is not None:
+            for figure in ("min", "max"):
+                shown = render(self.vtype, getattr(self, figure), figure)
+                item[figure] = shown.value
+                if shown.reason:
+                    unrendered[figure] = shown.reason
+                if shown.truncated:
+                    truncated.append(figure)
+        elif self.unusable:
+            unrendered = {"min": self.unusable, "max": self.unusable}
+        if unrendered:
+            item["unrendered"] = unrendered
+        if truncated:
+            item["truncated"] = truncated
+        return item
 
 
 def merge_bound(pick, a, b):
+    """``pick`` (min or max) of two comparable values, where None is "no value seen yet"."""
     # None is "no value seen yet" (an empty or all-null part): the other side decides.
     if a is None:
         return b
@@ -150,7 +302,7 @@ def merge_bound(pick, a, b):
         return a
     try:
         return pick(a, b)
-    except TypeError:  # same Parquet type, values Python cannot order: report neither
+    except TypeError:  # values Python cannot order (a bug upstream): report neither
         return None
 
 
@@ -178,23 +330,27 @@ class Summary:
 
     @classmethod
     def of_file(cls, key: str, size: int, md: pq.FileMetaData, columns: Collection[str] | None = None,
-                profiles: Mapping[str, Any] | None = None) -> Summary:
-        """The summary of one readable Parquet object from its footer; ``columns`` limits the statistics."""
+                profiles: Mapping[str, Any] | None = None, *, leaves: Sequence[tuple[str, ...]] | None = None
+                ) -> Summary:
+        """The summary of one readable Parquet object from its footer; ``columns`` (top-level names,
+        matched exactly) limits the statistics. ``leaves`` are the leaf columns' paths as components
+        (``Footer.schema.leaves``); without them they are read again from ``md``."""
+        paths = leaf_paths(md) if leaves is None else leaves
         schema = md.schema.to_arrow_schema()
         fields = {f.name: FieldInfo(frozenset([str(f.type)]), 1, i) for i, f in enumerate(schema)}
         stats: dict[str, ColumnStats] = {}
         codecs: set[str] = set()
         for j in range(md.num_columns):
-            leaf = md.schema.column(j)
-            if columns is not None and leaf.path.split(".", 1)[0] not in columns:
+            if columns is not None and paths[j][0] not in columns:
                 continue
-            kind = frozenset([f"{leaf.physical_type}/{leaf.logical_type}"])
-            acc = ColumnStats(types=kind, position=j, null_count=0, has_min_max=True)
+            leaf = md.schema.column(j)
+            kind = frozenset([(decoder := leaf_type(leaf)).value.name])
+            acc = ColumnStats(types=kind, position=j, null_count=0, has_min_max=True, vtype=decoder.value)
             for r in range(md.num_row_groups):
                 chunk = md.row_group(r).column(j)
                 codecs.add(chunk.compression)
-                acc = acc.merge(_chunk_stats(chunk, kind, j))
-            stats[leaf.path] = acc
+                acc = acc.merge(_chunk_stats(chunk, kind, j, decoder))
+            stats[column_key(paths[j])] = acc
         return cls(
             files=1,
             rows=md.num_rows,
@@ -239,12 +395,7 @@ class Summary:
             schema.append(entry)
         statistics = {}
         for path, st in sorted(self.stats.items(), key=lambda kv: (kv[1].position, kv[0])):
-            item: dict[str, Any] = {"null_count": st.null_count, "min": None, "max": None}
-            if st.has_min_max:
-                item["min"], item["max"] = to_json_value(st.min), to_json_value(st.max)
-            if len(st.types) > 1:
-                item["type_conflict"] = True
-            statistics[path] = item
+            statistics[path] = st.to_dict()
         out = {
             "rows": self.rows,
             "columns": len(self.fields),
@@ -278,7 +429,7 @@ class SummaryBuilder:
         self.fields: dict[str, FieldInfo] = {}
         self.stats: dict[str, ColumnStats] = {}
         self.partition_columns: set[str] = set()
-        self.skipped: set[tuple[str, str]] = set()
+        self.skipped: list[tuple[str, str]] = []  # sorted, at most MAX_SKIPPED_LISTED, no duplicates
         self.compression: set[str] = set()
         self.created_by: set[str] = set()
         self.profiles: dict[str, Any] = {}
@@ -293,34 +444,65 @@ class SummaryBuilder:
         _merge_into(self.stats, part.stats)
         self.partition_columns |= part.partition_columns
         self.compression |= part.compression
-        self.created_by |= part.created_by
-        if part.skipped:
-            # Keep the first keys in key order, so the listed sample does not depend on merge order.
-            self.skipped = set(sorted(self.skipped | set(part.skipped))[:MAX_SKIPPED_LISTED])
+        if part.created_by - self.created_by:
+            # Writers' strings come from the files: keep a bounded sample, the same whatever the merge order.
+            self.created_by = set(sorted(self.created_by | {c[:MAX_CREATED_BY_CHARS] for c in part.created_by})
+                                  [:MAX_CREATED_BY])
+        for item in part.skipped:
+            self._sample(item)
         for name, profile in part.profiles.items():
             if name in self.profiles:
                 self.profiles[name].absorb(profile)
             else:
                 self.profiles[name] = profile.copy() if copy else profile
 
+    def skip(self, key: str, reason: str) -> None:
+        """Count one object that is not read (cheaper than ``add(Summary.of_skipped(...))``)."""
+        self.skipped_count += 1
+        self._sample((key, reason))
+
+    def _sample(self, item: tuple[str, str]) -> None:
+        # Keep the first keys in key order, so the listed sample does not depend on merge order; a key past
+        # the sample's last costs one comparison, so a listing of millions of skipped keys stays linear.
+        if len(self.skipped) >= MAX_SKIPPED_LISTED and item >= self.skipped[-1]:
+            return
+        at = bisect.bisect_left(self.skipped, item)
+        if at < len(self.skipped) and self.skipped[at] == item:
+            return
+        self.skipped.insert(at, item)
+        del self.skipped[MAX_SKIPPED_LISTED:]
+
     def build(self) -> Summary:
         return Summary(
             files=self.files, rows=self.rows, bytes=self.bytes, row_groups=self.row_groups,
             fields=dict(self.fields), stats=dict(self.stats), partition_columns=frozenset(self.partition_columns),
-            skipped=tuple(sorted(self.skipped)), skipped_count=self.skipped_count,
+            skipped=tuple(self.skipped), skipped_count=self.skipped_count,
             compression=frozenset(self.compression), created_by=frozenset(self.created_by),
             profiles={k: v.copy() for k, v in self.profiles.items()},
         )
 
 
-def _chunk_stats(chunk, kind: frozenset[str], position: int) -> ColumnStats:
+def _chunk_stats(chunk, kind: frozenset[str], position: int, leaf: LeafType) -> ColumnStats:
     st = chunk.statistics
+    if leaf.value.family == "null":  # a Null-typed leaf holds nulls only, statistics or not
+        return ColumnStats(types=kind, position=position, null_count=chunk.num_values, has_min_max=True,
+                           vtype=leaf.value)
     if st is None:
         return ColumnStats(types=kind, position=position, null_count=None, has_min_max=False)
     null_count = st.null_count if st.has_null_count else None
     if st.has_min_max:
+        # The raw bounds, decoded by the leaf's types: pyarrow's st.min raises on invalid UTF-8,
+        # needs pandas for nanoseconds and stops at Python's datetime range.
+        try:
+            low, high = decode_statistic(leaf, st.min_raw), decode_statistic(leaf, st.max_raw)
+        except Unusable as e:
+            return ColumnStats(types=kind, position=position, null_count=null_count, has_min_max=False,
+                               vtype=leaf.value, unusable=str(e))
+        except (pa.ArrowException, ValueError, TypeError, OverflowError) as e:
+            return ColumnStats(types=kind, position=position, null_count=null_count, has_min_max=False,
+                               vtype=leaf.value, unusable=f"undecodable statistics: {e}"[:200])
         return ColumnStats(types=kind, position=position, null_count=null_count, has_min_max=True,
-                           min=st.min, max=st.max)
+                           min=low, max=high, vtype=leaf.value)
     # A chunk of nulls only records no min/max, yet leaves the others' min/max exact.
     all_null = null_count is not None and null_count == chunk.num_values
     return ColumnStats(types=kind, position=position, null_count=null_count, has_min_max=all_null)
@@ -332,18 +514,13 @@ def _merge_into(into: dict, other: Mapping) -> None:
 
 
 def to_json_value(value: Any) -> Any:
-    """A statistics value as JSON: numbers and strings as they are, the rest as ISO or text."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value + 0.0 if math.isfinite(value) else str(value)  # + 0.0 turns -0.0 into 0.0
+    """A plain Python value as JSON by the result contract (column values go through
+    :func:`worker.values.render`, which knows their type): non-finite floats as "NaN",
+    "Infinity", "-Infinity", Decimals exactly, bytes as "base64:...", dates and times in ISO."""
+    if value is None or isinstance(value, (bool, int, str, float, Decimal)):
+        return value if isinstance(value, str) or value is None else render_number(value)
     if isinstance(value, (datetime, date, time)):
         return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
     if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return "base64:" + base64.b64encode(value).decode("ascii")
+        return "base64:" + base64.b64encode(value).decode("ascii")
     return str(value)

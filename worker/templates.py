@@ -69,8 +69,16 @@ def render(template: str, at: datetime, time_zone: str = "UTC") -> str:
     problems = check(template)
     if problems:
         raise TemplateError("; ".join(problems))
-    local = at.astimezone(zone(time_zone))
+    try:
+        return _render(template, at.astimezone(zone(time_zone)))
+    except (OverflowError, ValueError) as e:  # datetime's range is the years 1 to 9999
+        if isinstance(e, TemplateError):
+            raise
+        raise TemplateError(f"the date falls outside the years 1-9999 (reference time {at.isoformat()} in "
+                            f"{time_zone})") from None
 
+
+def _render(template: str, local: datetime) -> str:
     def one(match: re.Match) -> str:
         text = match.group(0)
         if text in ("{{", "}}"):

@@ -46,13 +46,18 @@ def test_access_denied_by_aws_is_forbidden(stack, bucket, run_job):
     assert "AccessDenied" in result["error"]["message"]
 
 
-def test_objects_outside_the_granted_prefix_are_forbidden(stack, bucket, run_job):
+def test_objects_outside_the_granted_prefix_are_skipped_and_forbidden_only_when_all_are(stack, bucket, run_job):
     one = parquet_bytes(recipe_table())
-    stack.put_objects(bucket, {"public/a.parquet": one, "secret/b.parquet": one}, grant=["public/"])
+    stack.put_objects(bucket, {"public/a.parquet": one, "secret/b.parquet": one, "secret/c.parquet": one},
+                      grant=["public/"])
     ok, _, _ = run_job({"bucket": bucket, "prefix": "public/"})
     assert ok["status"] == "ok" and ok["files"] == 1
-    denied, _, _ = run_job({"bucket": bucket, "prefix": ""})
-    assert denied["error"]["code"] == "forbidden"
+    mixed, _, _ = run_job({"bucket": bucket, "prefix": ""})  # one object's refusal is that object's
+    assert mixed["status"] == "ok" and mixed["files"] == 1 and mixed["rows"] == 3
+    assert [s["key"] for s in mixed["skipped"]] == ["secret/b.parquet", "secret/c.parquet"]
+    assert all(s["reason"].startswith("access denied") for s in mixed["skipped"])
+    denied, _, _ = run_job({"bucket": bucket, "prefix": "secret/"})  # every object refused: the job is
+    assert denied["error"]["code"] == "forbidden" and denied["error"]["details"]["objects_refused"] == 2
 
 
 @pytest.mark.parametrize(("body", "fragment"), [

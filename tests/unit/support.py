@@ -34,5 +34,5 @@ class MemoryStore:
     def fetch(self, key: str, start: int, end: int) -> bytes:
         self.fetches += 1
         if key not in self.objects:
-            raise NotFound(f"NoSuchKey: {key}")
+            raise NotFound("object deleted after it was listed: NoSuchKey")
         return self.objects[key][start:end + 1]

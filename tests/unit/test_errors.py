@@ -6,6 +6,7 @@ from worker.errors import (
     FederationFailed,
     Forbidden,
     NotFound,
+    ObjectChanged,
     Retryable,
     Throttled,
     WorkerError,
@@ -24,7 +25,7 @@ from worker.errors import (
     ("AccessDenied", 403, "ListObjectsV2", Forbidden, False),
     ("AllAccessDisabled", 403, "GetObject", Forbidden, False),
     ("NoSuchBucket", 404, "ListObjectsV2", NotFound, False),
-    ("NoSuchKey", 404, "GetObject", NotFound, False),
+    ("NoSuchKey", 404, "GetObject", ObjectChanged, False),  # a NotFound: that object's, skipped
     ("IDPRejectedClaim", 403, "AssumeRoleWithWebIdentity", FederationFailed, False),
     ("InvalidIdentityToken", 400, "AssumeRoleWithWebIdentity", FederationFailed, False),
     ("ExpiredTokenException", 400, "AssumeRoleWithWebIdentity", FederationFailed, False),

@@ -2,8 +2,11 @@
 
 import pytest
 
+from worker.config import Settings
 from worker.devstack.datasets import events_table, parquet_bytes, recipe_table
-from worker.service import summarize_listing
+from worker.errors import Forbidden
+from worker.jobs import Job
+from worker.service import Tally, Worker, summarize_listing
 from worker.summary import DeadlineReached
 
 from .support import MemoryStore
@@ -28,7 +31,8 @@ def test_progress_is_reported_per_object():
     seen = []
     summarize_listing(store, list(store.list("d/")), concurrency=2, on_progress=lambda done, total: seen.append(
         (done, total)))
-    assert seen == [(i, 5) for i in range(1, 6)]
+    assert [done for done, _ in seen] == [1, 2, 3, 4, 5]
+    assert all(done <= total <= 5 for done, total in seen) and seen[-1] == (5, 5)
 
 
 def test_an_object_deleted_after_listing_is_skipped():
@@ -37,7 +41,8 @@ def test_an_object_deleted_after_listing_is_skipped():
     del store.objects["d/part-01.parquet"]
     out = summarize_listing(store, listed, concurrency=2).to_dict()
     assert out["files"] == 2
-    assert {"key": "d/part-01.parquet", "reason": "object disappeared after it was listed"} in out["skipped"]
+    assert [s["reason"] for s in out["skipped"] if s["key"] == "d/part-01.parquet"] == [
+        "object deleted after it was listed: NoSuchKey"]
 
 
 def test_deadline_stops_before_starting_more_objects():
@@ -45,8 +50,7 @@ def test_deadline_stops_before_starting_more_objects():
     ticks = iter(range(1000))
     with pytest.raises(DeadlineReached) as info:
         summarize_listing(store, list(store.list("d/")), concurrency=1, deadline=4.5, clock=lambda: next(ticks))
-    _, done, total = info.value.args
-    assert total == 10 and done < 10
+    assert info.value.done < 10 and info.value.total in (None, 10)
     assert store.fetches < 10
 
 
@@ -65,3 +69,89 @@ def test_full_mode_with_columns():
     assert set(out["profile"]) == {"age"}
     assert out["profile"]["age"]["count"] == 4 and out["profile"]["age"]["null_count"] == 2
     assert out["profile"]["age"]["mean"] == pytest.approx((36 + 45) / 2)
+
+
+# -- issue 10: the listing is streamed, one object's failure is that object's --------------------------
+
+
+def _listing(n_junk: int, parquet: dict[str, bytes], seen: list[int]):
+    """A lazy listing: ``n_junk`` non-Parquet keys, then the Parquet ones; ``seen`` counts keys handed out."""
+    for i in range(n_junk):
+        seen[0] += 1
+        yield f"a/junk-{i:07d}.csv", 10
+    for key, data in sorted(parquet.items()):
+        seen[0] += 1
+        yield key, len(data)
+
+
+def test_a_long_listing_is_consumed_as_it_comes_and_keeps_a_bounded_sample():
+    parquet = {f"z/part-{i}.parquet": parquet_bytes(events_table(i, 50)) for i in range(3)}
+    store = MemoryStore(parquet)
+    seen = [0]
+    tally = Tally()
+    out = summarize_listing(store, _listing(200_000, parquet, seen), concurrency=2, tally=tally).to_dict()
+    assert out["files"] == 3 and out["skipped_count"] == 200_000 and len(out["skipped"]) == 100
+    assert [s["key"] for s in out["skipped"]] == [f"a/junk-{i:07d}.csv" for i in range(100)]
+    assert (tally.listed, tally.parquet, tally.refused) == (200_003, 3, 0)
+
+
+def test_the_deadline_is_honoured_while_listing():
+    seen = [0]
+    ticks = iter(range(10**6))
+    with pytest.raises(DeadlineReached) as info:
+        summarize_listing(MemoryStore({}), _listing(10**6, {}, seen), concurrency=2, deadline=1000.5,
+                          clock=lambda: next(ticks))
+    assert info.value.total is None and info.value.done == 0
+    assert seen[0] <= 1002  # stopped while listing, not after a million keys
+
+
+class _Refusing(MemoryStore):
+    """Refuses some keys as S3 would (the adapter's errors), and breaks the decoder on others."""
+
+    def __init__(self, objects, refused=(), broken=()):
+        super().__init__(objects)
+        self.refused, self.broken = set(refused), set(broken)
+
+    def fetch(self, key, start, end):
+        if key in self.refused:
+            raise Forbidden(f"access denied to this object: {key}")
+        if key in self.broken:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "a decoder's bug")
+        return super().fetch(key, start, end)
+
+
+def test_one_objects_failure_is_that_objects():
+    objects = {f"d/{c}.parquet": parquet_bytes(recipe_table()) for c in "abcd"}
+    store = _Refusing(objects, refused={"d/a.parquet"}, broken={"d/b.parquet"})
+    for mode in ("metadata", "full"):
+        out = summarize_listing(store, store.list("d/"), concurrency=2, mode=mode, tally=(tally := Tally())).to_dict()
+        assert out["files"] == 2 and out["rows"] == 6
+        reasons = {s["key"]: s["reason"] for s in out["skipped"]}
+        assert reasons["d/a.parquet"] == "access denied to this object: d/a.parquet"
+        assert "UnicodeDecodeError" in reasons["d/b.parquet"]
+        assert tally.refused == 1 and tally.first_refusal.startswith("d/a.parquet")
+
+
+def test_a_job_answers_forbidden_only_when_every_object_is_refused():
+    objects = {f"d/{c}.parquet": parquet_bytes(recipe_table()) for c in "ab"}
+
+    class Storage:
+        def __init__(self, store):
+            self.store = store
+
+        def ensure_credentials(self):
+            pass
+
+        def objects(self, bucket, job_id):
+            return self.store
+
+    settings = Settings(role_arn="", audience="")
+    job = Job(bucket="b-1", prefix="d/", job_id="j")
+    some = Worker(settings, Storage(_Refusing(objects, refused={"d/a.parquet"}))).run(job)
+    assert some["status"] == "ok" and some["files"] == 1 and some["skipped_count"] == 1
+    every = Worker(settings, Storage(_Refusing(objects, refused=set(objects)))).run(job)
+    assert every["status"] == "error" and every["error"]["code"] == "forbidden"
+    assert every["error"]["details"] == {"objects_refused": 2}
+    assert "access denied to this object: d/a.parquet" in every["error"]["message"]
+    broken = Worker(settings, Storage(_Refusing(objects, broken=set(objects)))).run(job)
+    assert broken["status"] == "ok" and broken["files"] == 0 and broken["skipped_count"] == 2

@@ -178,9 +178,10 @@ def test_partition_values():
 
 
 @pytest.mark.parametrize(("value", "expected"), [
-    (1, 1), (1.5, 1.5), (-0.0, 0.0), (float("nan"), "nan"), ("s", "s"), (True, True), (None, None),
+    (1, 1), (1.5, 1.5), (-0.0, 0.0), (float("nan"), "NaN"), (float("-inf"), "-Infinity"), ("s", "s"), (True, True),
+    (None, None),
     (dt.date(2026, 1, 2), "2026-01-02"), (dt.datetime(2026, 1, 2, 3, 4), "2026-01-02T03:04:00"),
-    (Decimal("1.10"), "1.10"), (b"abc", "abc"), (b"\xff\x00", "base64:/wA="),
+    (Decimal("1.10"), "1.10"), (b"abc", "base64:YWJj"), (b"\xff\x00", "base64:/wA="),
 ])
 def test_json_values(value, expected):
     assert to_json_value(value) == expected

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import botocore.session
 import urllib3
@@ -33,7 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from worker import __version__
-from worker.errors import FederationFailed, Retryable, WorkerError, classify_aws_error
+from worker.errors import REGION_REDIRECT_CODES, FederationFailed, Retryable, WorkerError, classify_aws_error
 
 _SESSION_NAME_BAD = re.compile(r"[^\w+=,.@-]")
 _UA_BAD = re.compile(r"[^A-Za-z0-9!#$%&'*+.^_`|~-]")
@@ -111,6 +111,8 @@ class AwsStorage:
         self.max_connections = max_connections
         self.max_attempts = max_attempts  # per S3 request, first try included (botocore's AWS_MAX_ATTEMPTS)
         self._s3 = None
+        self._regional_s3: dict[str, object] = {}  # clients for buckets outside ``region``, by region
+        self._bucket_regions: dict[str, str] = {}  # learnt from S3's redirects, kept for the instance's life
         self._http: urllib3.PoolManager | None = None
         self._lock = threading.Lock()
         self.token_source = token_source  # federated only: its last_claims explain a refusal
@@ -177,7 +179,14 @@ class AwsStorage:
 
     def objects(self, bucket: str, job_id: str) -> S3Objects:
         """One job's view of one bucket: its requests carry ``job/<job_id>`` in the user agent."""
-        return S3Objects(self.s3_client(), bucket, job_id, self.http(), self.session.get_credentials())
+        region = self._bucket_regions.get(bucket)
+        return S3Objects(self.s3_client(region), bucket, job_id, self.http(), self.session.get_credentials(),
+                         on_region=functools.partial(self._learn_region, bucket))
+
+    def _learn_region(self, bucket: str, region: str):
+        """S3 said ``bucket`` lives in ``region``: remember it (later jobs go there first) and give its client."""
+        self._bucket_regions[bucket] = region  # one dict store: atomic, and s3_client takes the lock itself
+        return self.s3_client(region)
 
     def http(self) -> urllib3.PoolManager:
         """The connection pool for ranged reads, shared by the instance's jobs."""
@@ -189,25 +198,34 @@ class AwsStorage:
                                                      timeout=urllib3.Timeout(connect=5, read=30), block=False)
         return self._http
 
-    def s3_client(self):
-        """The instance's S3 client, made once: jobs share its connection pool."""
+    def s3_client(self, region: str | None = None):
+        """The instance's S3 client (for ``region``, default AWS_REGION), made once: jobs share its pool."""
+        if region is not None and region != self.region:
+            if region not in self._regional_s3:
+                with self._lock:
+                    if region not in self._regional_s3:
+                        self._regional_s3[region] = self._make_s3_client(region)
+            return self._regional_s3[region]
         if self._s3 is None:
             with self._lock:
                 if self._s3 is None:
-                    config = Config(
-                        max_pool_connections=self.max_connections,
-                        retries={"mode": "standard", "total_max_attempts": self.max_attempts},
-                        connect_timeout=5,
-                        read_timeout=30,
-                        # Ranged reads carry no whole-object checksum to check; asking for one
-                        # (x-amz-checksum-mode) only makes the server do work for nothing.
-                        response_checksum_validation="when_required",
-                        request_checksum_calculation="when_required",
-                    )
-                    client = self.session.create_client("s3", region_name=self.region, config=config)
-                    client.meta.events.register("before-sign.s3", _add_job_user_agent)
-                    self._s3 = client
+                    self._s3 = self._make_s3_client(self.region)
         return self._s3
+
+    def _make_s3_client(self, region: str):
+        config = Config(
+            max_pool_connections=self.max_connections,
+            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
+            connect_timeout=5,
+            read_timeout=30,
+            # Ranged reads carry no whole-object checksum to check; asking for one
+            # (x-amz-checksum-mode) only makes the server do work for nothing.
+            response_checksum_validation="when_required",
+            request_checksum_calculation="when_required",
+        )
+        client = self.session.create_client("s3", region_name=region, config=config)
+        client.meta.events.register("before-sign.s3", _add_job_user_agent)
+        return client
 
 
 def translate(error: Exception, operation: str) -> Exception:
@@ -235,6 +253,29 @@ def read_retry(max_attempts: int = 5) -> urllib3.Retry:
 
 _ERROR_CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 _ERROR_MESSAGE = re.compile(rb"<Message>([^<]{0,300})</Message>")
+_ERROR_REGION = re.compile(rb"<Region>([^<]{1,50})</Region>")
+_ERROR_STORAGE_CLASS = re.compile(rb"<StorageClass>([^<]{1,50})</StorageClass>")
+# What a region name looks like (us-east-1, eu-central-2, us-gov-west-1, cn-north-1, ...): a region named by a
+# response is only ever used as the client's region_name, never trusted beyond that shape.
+_REGION_NAME = re.compile(r"[a-z]{2}(?:-[a-z0-9]+){1,3}-\d{1,2}")
+
+
+def _element(pattern: re.Pattern[bytes], data: bytes) -> str | None:
+    found = pattern.search(data)
+    return found.group(1).decode(errors="replace") if found else None
+
+
+def region_named_by(status: int, code: str | None, headers, data: bytes) -> str | None:
+    """The bucket's region when S3 refused a request for being sent to, or signed for, another region.
+
+    S3 answers 301 PermanentRedirect (wrong regional endpoint) or 400 AuthorizationHeaderMalformed
+    (right endpoint, credential scope naming another region), with the region in an
+    ``x-amz-bucket-region`` header and, in the XML body, a ``<Region>`` element.
+    """
+    if not (status == 301 or (status == 400 and code in REGION_REDIRECT_CODES)):
+        return None
+    region = headers.get("x-amz-bucket-region") or _element(_ERROR_REGION, data) or ""
+    return region if _REGION_NAME.fullmatch(region) else None
 
 
 class S3Objects:
@@ -246,12 +287,16 @@ class S3Objects:
     a URL.
     """
 
-    def __init__(self, client, bucket: str, job_id: str, http: urllib3.PoolManager, credentials):
+    def __init__(self, client, bucket: str, job_id: str, http: urllib3.PoolManager, credentials,
+                 on_region: Callable[[str], object] | None = None):
         self._client = client
         self._credentials = credentials  # the session's (refreshable) credentials
         self._region = client.meta.region_name
         self._base: str | None = None
         self._http = http
+        # on_region(region) -> the S3 client for that region, when S3 says the bucket lives elsewhere
+        self._on_region = on_region
+        self._switch = threading.Lock()
         self.bucket = bucket
         self.user_agent = user_agent_token(job_id)
         self._headers = {"User-Agent": f"parquet-summary-worker/{__version__} {self.user_agent}"}
@@ -283,22 +328,51 @@ class S3Objects:
             self._base = url.split("?", 1)[0][: -len("/k")]
         return self._base
 
+    def _move_to(self, region: str) -> bool:
+        """Read from ``region`` from now on (S3 named it); False when there is nowhere else to go."""
+        if self._on_region is None:
+            return False
+        with self._switch:
+            if self._region != region:  # another reader thread may have moved already
+                client = self._on_region(region)
+                self._client, self._region, self._base = client, region, None
+        return True
+
     def fetch(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``start``..``end`` inclusive of one object."""
-        url = f"{self._bucket_url()}/{quote(key, safe='/~')}"
-        request = AWSRequest(method="GET", url=url, headers={**self._headers, "Range": f"bytes={start}-{end}"})
-        S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
+        moved = False
+        while True:
+            region = self._region
+            response = self._get(key, start, end, region)
+            if response.status == 206:
+                return response.data
+            if response.status == 200:  # a server that ignores Range sends the whole object
+                return response.data[start:end + 1]
+            data = response.data or b""
+            code = _element(_ERROR_CODE, data)
+            # Wrong region: learn the bucket's region, re-sign for it at its endpoint, and try once more.
+            elsewhere = region_named_by(response.status, code, response.headers, data)
+            if elsewhere is not None and elsewhere != region and not moved and self._move_to(elsewhere):
+                moved = True
+                continue
+            raise classify_aws_error(code or str(response.status), response.status,
+                                     _element(_ERROR_MESSAGE, data) or "", operation="GetObject",
+                                     storage_class=_element(_ERROR_STORAGE_CLASS, data))
+
+    def _get(self, key: str, start: int, end: int, region: str) -> urllib3.BaseHTTPResponse:
+        base = urlsplit(self._bucket_url())
+        # The request target is sent exactly as signed: urllib3's request() would parse the URL and remove
+        # "." and ".." segments (RFC 3986), so a key like "a/../b" would be signed for one path and sent as
+        # another. S3 signs the path as given (botocore's S3SigV4Auth does not normalize it either), and
+        # botocore itself sends through the pool's urlopen with the target, as here.
+        target = f"{base.path}/{quote(key, safe='/~')}"
+        request = AWSRequest(method="GET", url=f"{base.scheme}://{base.netloc}{target}",
+                             headers={**self._headers, "Range": f"bytes={start}-{end}"})
+        S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", region).add_auth(request)
         try:
-            response = self._http.request("GET", url, headers=dict(request.headers.items()))
+            pool = self._http.connection_from_host(base.hostname, base.port, scheme=base.scheme)
+            return pool.urlopen("GET", target, headers=dict(request.headers.items()), redirect=False,
+                                assert_same_host=False)
         except urllib3.exceptions.HTTPError as e:
             # The exception's text names the URL: say only what kind of fault it was.
             raise Retryable(f"GetObject failed: {type(e).__name__}: S3 unreachable") from None
-        if response.status == 206:
-            return response.data
-        if response.status == 200:  # a server that ignores Range sends the whole object
-            return response.data[start:end + 1]
-        code = _ERROR_CODE.search(response.data or b"")
-        message = _ERROR_MESSAGE.search(response.data or b"")
-        raise classify_aws_error(code.group(1).decode(errors="replace") if code else str(response.status),
-                                 response.status, message.group(1).decode(errors="replace") if message else "",
-                                 operation="GetObject")

@@ -13,13 +13,22 @@ import uuid
 
 from google.api_core import exceptions as google_errors
 from google.cloud import pubsub_v1
+from google.cloud.pubsub_v1.publisher import exceptions as publisher_errors
 
-from worker.errors import Forbidden, NotFound
+from worker.errors import Forbidden, NotFound, ResultRejected, Retryable
 from worker.results import to_message
 
 # The function's CPU is throttled once it has answered, so a publish must complete before
 # the handler returns; this bounds how long it may take.
 PUBLISH_TIMEOUT_S = 30.0
+# Faults a later attempt can get past: the message is redelivered and answered then. (The client has already
+# retried the retryable codes within its own deadline before one reaches us.)
+TRANSIENT = (google_errors.ServiceUnavailable, google_errors.InternalServerError, google_errors.TooManyRequests,
+             google_errors.DeadlineExceeded, google_errors.Aborted, google_errors.Unknown,
+             google_errors.ResourceExhausted, google_errors.Cancelled, google_errors.Unauthenticated,
+             google_errors.RetryError, TimeoutError)
+# Pub/Sub refuses this very message: sending it again cannot help.
+REJECTED = (google_errors.InvalidArgument, publisher_errors.MessageTooLargeError, TypeError, ValueError)
 # Each job waits for its one result to be sent: the client's default of holding a batch open for
 # 10 ms to fill it only adds those 10 ms to every job (an instance runs one job at a time).
 RESULT_BATCH = pubsub_v1.types.BatchSettings(max_latency=0.001)
@@ -36,20 +45,28 @@ class ResultPublisher:
     def publish(self, result: dict, topic: str | None = None) -> str:
         """Publish one result to ``topic`` (default: the reply topic); return its message ID.
 
-        A job's own topic that does not exist or that the worker may not publish to raises NotFound or
-        Forbidden (permanent); any other failure, or any failure on the reply topic, raises as it is."""
+        Raises ``Retryable`` for transient faults, and when the reply topic itself is missing or closed to the
+        worker (nothing can be answered until the operator fixes it: the message waits, then dead-letters);
+        NotFound or Forbidden when a job's own topic is; ``ResultRejected`` when Pub/Sub refuses the message."""
         data, attributes = to_message(result)
+        default = topic is None or topic == self.topic
         try:
             return self._client.publish(topic or self.topic, data, **attributes).result(timeout=self._timeout)
+        except TRANSIENT as e:
+            raise Retryable(f"publishing the result failed: {type(e).__name__}", details={"step": "publish"}) from None
         except google_errors.NotFound:
-            if topic is None or topic == self.topic:
-                raise
+            if default:
+                raise Retryable(f"REPLY_TOPIC {self.topic!r} does not exist", details={"step": "publish"}) from None
             raise NotFound(f"reply_topic {topic!r} does not exist") from None
         except google_errors.PermissionDenied:
-            if topic is None or topic == self.topic:
-                raise
+            if default:
+                raise Retryable(f"the worker may not publish to REPLY_TOPIC {self.topic!r} (grant it "
+                                "roles/pubsub.publisher)", details={"step": "publish"}) from None
             raise Forbidden(f"the worker may not publish to reply_topic {topic!r} (grant it roles/pubsub.publisher)"
                             ) from None
+        except REJECTED as e:
+            raise ResultRejected(f"Pub/Sub refused the result message ({len(data)} bytes, {len(attributes)} "
+                                 f"attributes): {type(e).__name__}: {str(e)[:200]}") from None
 
 
 def pull_now(subscriber: pubsub_v1.SubscriberClient, subscription: str, *, max_messages: int = 100,

@@ -8,17 +8,39 @@ import contextlib
 import http.client
 import itertools
 import random
+import re
 import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization",
                "proxy-authenticate"}
 _SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
               b"<Message>Please reduce your request rate. (injected by the test proxy)</Message></Error>")
+
+# The region in a SigV4 Authorization header's credential scope: Credential=KEY/DATE/REGION/SERVICE/aws4_request
+_SCOPE_REGION = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/,\s]+)/")
+
+
+def wrong_region_answer(bucket: str, region: str, signed_for: str, *, style: str) -> tuple[int, bytes]:
+    """What S3 answers a request for ``bucket`` (in ``region``) signed for, or sent to, ``signed_for``.
+
+    ``style`` "redirect": 301 PermanentRedirect, as from a regional endpoint that is not the bucket's;
+    "malformed": 400 AuthorizationHeaderMalformed, as from the right endpoint with the wrong credential scope.
+    Both name the region in the body; the caller adds the ``x-amz-bucket-region`` header.
+    """
+    if style == "redirect":
+        return 301, (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>PermanentRedirect</Code><Message>The '
+                     "bucket you are attempting to access must be addressed using the specified endpoint. Please "
+                     f"send all future requests to this endpoint.</Message><Endpoint>{bucket}.s3.{region}."
+                     f"amazonaws.com</Endpoint><Bucket>{bucket}</Bucket><Region>{region}</Region>"
+                     "<RequestId>0</RequestId></Error>").encode()
+    return 400, (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AuthorizationHeaderMalformed</Code>'
+                 f"<Message>The authorization header is malformed; the region '{signed_for}' is wrong; "
+                 f"expecting '{region}'</Message><Region>{region}</Region><RequestId>0</RequestId></Error>").encode()
 
 
 @dataclass(frozen=True)
@@ -38,7 +60,8 @@ class RecordingProxy:
 
     def __init__(self, upstream: str | list[str], *, fail_rate: float = 0.0, seed: int = 0,
                  should_fail: Callable[[str, str], bool] | None = None,
-                 answer: Callable[[str, str, bytes], tuple[int, bytes] | None] | None = None, port: int = 0):
+                 answer: Callable[[str, str, bytes], tuple[int, bytes] | None] | None = None, port: int = 0,
+                 bucket_regions: dict[str, str] | None = None, wrong_region: str = "redirect"):
         # Several upstreams are taken in turn: a load balancer in front of function instances.
         self.upstreams = [(p.hostname or "127.0.0.1", p.port or 80)
                           for p in map(urlsplit, [upstream] if isinstance(upstream, str) else upstream)]
@@ -47,6 +70,11 @@ class RecordingProxy:
         self.should_fail = should_fail or (lambda method, path: method == "GET")
         # answer(method, path, body) -> (status, XML body) answers a request itself instead of forwarding it
         self.answer = answer
+        # bucket -> its region: a path-style request for such a bucket whose SigV4 credential scope names
+        # another region is refused as S3 refuses it (``wrong_region``: "redirect" or "malformed"), with the
+        # bucket's region in an x-amz-bucket-region header and in the body. moto itself ignores regions.
+        self.bucket_regions = dict(bucket_regions or {})
+        self.wrong_region = wrong_region
         self.seen: list[Seen] = []
         self._random = random.Random(seed)  # noqa: S311 (a reproducible fault pattern, not a secret)
         self._lock = threading.Lock()
@@ -118,11 +146,17 @@ def _handler_for(proxy: RecordingProxy) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
             agent = self.headers.get("User-Agent", "")
-            own = proxy.answer(self.command, self.path, body or b"") if proxy.answer else None
+            own, extra = self._wrong_region(), {}
+            if own is not None:
+                extra = {"x-amz-bucket-region": proxy.bucket_regions[self._bucket()]}
+            elif proxy.answer:
+                own = proxy.answer(self.command, self.path, body or b"")
             if own is not None:
                 status, data = own
                 proxy._record(Seen(self.command, self.path, agent, status, True))
                 self.send_response(status)
+                for key, value in extra.items():
+                    self.send_header(key, value)
                 self.send_header("Content-Type", "text/xml")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -165,6 +199,17 @@ def _handler_for(proxy: RecordingProxy) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)
+
+        def _bucket(self) -> str:
+            return unquote(urlsplit(self.path).path.split("/")[1])
+
+        def _wrong_region(self) -> tuple[int, bytes] | None:
+            region = proxy.bucket_regions.get(self._bucket())
+            scope = _SCOPE_REGION.search(self.headers.get("Authorization", ""))
+            if region is None or scope is None or scope.group(1) == region:
+                return None
+            status, data = wrong_region_answer(self._bucket(), region, scope.group(1), style=proxy.wrong_region)
+            return status, (b"" if self.command == "HEAD" else data)
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward  # noqa: N815
 

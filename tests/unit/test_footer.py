@@ -1,0 +1,115 @@
+"""The bounded footer reader against pyarrow's own reading of the same footers."""
+
+import contextlib
+import io
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
+
+from worker.footer import FooterError, column_key, read_schema
+
+from .thrift_footers import deep_footer, element, footer
+
+NAMES = st.one_of(
+    st.sampled_from(["a", "a.b", "b", ".", "a\\b", "\\.", "ü", "日本", "x y", "list", "element", "key"]),
+    st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=4),
+)
+SCALARS = st.sampled_from([pa.int64(), pa.int32(), pa.string(), pa.bool_(), pa.float64(), pa.binary(),
+                           pa.date32(), pa.decimal128(9, 2), pa.timestamp("us", "UTC")])
+
+
+def _struct(children):
+    return st.lists(st.tuples(NAMES, children), min_size=1, max_size=3,
+                    unique_by=lambda f: f[0]).map(lambda fs: pa.struct([pa.field(n, t) for n, t in fs]))
+
+
+TYPES = st.recursive(SCALARS, lambda children: st.one_of(
+    children.map(pa.list_), _struct(children), children.map(lambda t: pa.map_(pa.string(), t)),
+    children.map(pa.large_list)), max_leaves=6)
+SCHEMAS = st.lists(st.tuples(NAMES, TYPES), min_size=1, max_size=4, unique_by=lambda f: f[0])
+
+
+def footer_of(table: pa.Table) -> tuple[bytes, pq.FileMetaData]:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    data = buf.getvalue()
+    n = int.from_bytes(data[-8:-4], "little")
+    return data[-8 - n:-8], pq.read_metadata(pa.BufferReader(data))
+
+
+def table_of(fields) -> pa.Table:
+    return pa.table({name: pa.array([None, None], type=t) for name, t in fields})
+
+
+@seed(10)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(SCHEMAS)
+def test_leaf_paths_and_count_are_pyarrows(fields):
+    footer, md = footer_of(table_of(fields))
+    shape = read_schema(footer, whole=True)
+    assert len(shape.leaves) == md.num_columns
+    assert [".".join(p) for p in shape.leaves] == [md.schema.column(j).path for j in range(md.num_columns)]
+    assert shape.leaves == read_schema(footer).leaves  # stopping after the schema reads the same
+    assert shape.depth == max(len(p) for p in shape.leaves)
+    assert [p[0] for p in shape.leaves if len(p) == 1] == [
+        f.name for f in md.schema.to_arrow_schema() if not pa.types.is_nested(f.type)]
+
+
+@seed(11)
+@settings(max_examples=40, deadline=None)
+@given(SCHEMAS, st.data())
+def test_truncated_footers_are_refused(fields, data):
+    footer, _ = footer_of(table_of(fields))
+    cut = data.draw(st.integers(0, len(footer) - 1))
+    with pytest.raises(FooterError):
+        read_schema(footer[:cut], whole=True)
+
+
+@seed(12)
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_garbage_raises_footer_error_or_reads(garbage):
+    with contextlib.suppress(FooterError):  # any other exception, or a hang, fails
+        read_schema(garbage, whole=True)
+
+
+@seed(13)
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_flipped_bytes_never_escape_as_anything_else(data):
+    footer, _ = footer_of(pa.table({"a": [1], "s": pa.array([{"x": [1.0]}])}))
+    broken = bytearray(footer)
+    for _ in range(data.draw(st.integers(1, 4))):
+        broken[data.draw(st.integers(0, len(broken) - 1))] = data.draw(st.integers(0, 255))
+    with contextlib.suppress(FooterError):
+        read_schema(bytes(broken), whole=True)
+
+
+def test_a_huge_claimed_container_is_refused_without_allocating():
+    # schema field (id 2, list) claiming 2^31 structs in a 10-byte footer
+    with pytest.raises(FooterError, match=r"cannot fit|container"):
+        read_schema(b"\x15\x04\x19\xfc\xff\xff\xff\xff\x07\x00")
+
+
+def test_depth_limit():
+    with pytest.raises(FooterError, match="deeper than 100"):
+        read_schema(deep_footer(7000), max_depth=100)
+    assert read_schema(deep_footer(99), max_depth=100).depth == 100
+    with pytest.raises(FooterError, match="deeper than 100"):
+        read_schema(deep_footer(100), max_depth=100)
+
+
+def test_invalid_utf8_name_is_refused_as_pyarrow_cannot_read_it():
+    with pytest.raises(FooterError, match="UTF-8"):
+        read_schema(footer([element("schema", 1, rep=0), element(b"a\xffb", ptype=1)]))
+
+
+@pytest.mark.parametrize("path,key", [
+    (("a.b",), "a\\.b"), (("a", "b"), "a.b"), (("a\\b",), "a\\\\b"), (("a\\", "b"), "a\\\\.b"),
+    (("x", "list", "element"), "x.list.element"),
+])
+def test_column_key(path, key):
+    assert column_key(path) == key
