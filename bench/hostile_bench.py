@@ -6,9 +6,9 @@ benchmark-only cases: a 150 MB object claiming a 150 MB footer, a valid ~50 MB f
 as a whole process with the default settings, as summary_bench.py does (its ``run``): peak RSS
 comes from wait4, each run is capped by ``timeout -s KILL`` and a kill is reported as such.
 
-The runs are started by a launcher process that this script starts first, while it is still
-small: on Linux a child's ru_maxrss starts from its parent's RSS at fork/exec, so runs started by
-a process that has imported pyarrow and built a 150 MB object would report that process's memory.
+The runs are started by bench/measure.py's launcher, a small process started first: on Linux a
+child's ru_maxrss starts from its parent's RSS at fork/exec. summary_bench.py prints this table too,
+after its own.
 
 It prints one table (case, mode, answer, rows, skipped, whether the answer is the right one,
 wall time, peak RSS) and the worst case per mode against the 400 MiB target.
@@ -19,12 +19,9 @@ wall time, peak RSS) and the worst case per mode against the 400 MiB target.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -33,61 +30,14 @@ from typing import TYPE_CHECKING
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from measure import Launcher, provenance  # noqa: E402
+
 if TYPE_CHECKING:
     from worker.devstack.hostile import Case
 
 BUCKET = "hostile-bench"
 TARGET_MIB = 400
 MODES = ("metadata", "full")
-
-
-def commit() -> str:
-    """The short commit, with "+dirty" when the work tree has changes."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                          check=False).stdout.strip() or os.environ.get("BENCH_COMMIT", "unknown (not a git checkout)")
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
-                           check=False).stdout.strip()
-    return head + ("+dirty" if dirty else "")
-
-
-def launcher() -> None:
-    """Run ``{"argv", "env", "out", "err"}`` lines from stdin, the output going to the files named,
-    one JSON answer a line: (seconds, peak RSS MiB, exit status), measured as summary_bench.run
-    measures them. It stays small: it imports nothing beyond the standard library (summary_bench
-    imports numpy and pyarrow) and never holds a run's output (a 10 MB result would raise the floor)."""
-    import time
-
-    for line in sys.stdin:
-        job = json.loads(line)
-        started = time.perf_counter()
-        with open(job["out"], "wb") as out, open(job["err"], "wb") as err:
-            process = subprocess.Popen(job["argv"], env=job["env"], stdout=out, stderr=err, cwd=ROOT)
-            _, status, usage = os.wait4(process.pid, 0)
-        elapsed = time.perf_counter() - started
-        print(json.dumps([elapsed, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)]), flush=True)
-
-
-class Launcher:
-    """The small process that starts and measures the runs."""
-
-    def __init__(self):
-        self.process = subprocess.Popen([sys.executable, __file__, "--launcher"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        self.folder = Path(tempfile.mkdtemp(prefix="hostile-bench-runs-"))
-
-    def run(self, argv: list[str], env: dict[str, str]) -> tuple[float, float, int, str, str]:
-        """(seconds, peak RSS MiB, exit status, stdout, stderr) of one whole process."""
-        assert self.process.stdin is not None and self.process.stdout is not None
-        out, err = self.folder / "out", self.folder / "err"
-        self.process.stdin.write(json.dumps({"argv": argv, "env": env, "out": str(out), "err": str(err)}) + "\n")
-        self.process.stdin.flush()
-        elapsed, peak, status = json.loads(self.process.stdout.readline())
-        return elapsed, peak, status, out.read_text(errors="replace"), err.read_text(errors="replace")
-
-    def close(self) -> None:
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        self.process.wait(timeout=30)
 
 
 def expected_rows(case: Case, data: bytes) -> int | None:
@@ -143,68 +93,65 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180, help="seconds before a run is killed (default 180)")
     parser.add_argument("--cases", default="", help="comma-separated case names (default all)")
     parser.add_argument("--no-large", action="store_true", help="leave out the benchmark-only large cases")
-    parser.add_argument("--launcher", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.launcher:
-        launcher()
-        return
-    runner = Launcher()  # first, while this process is small
+    with Launcher() as runner:  # first, while this process is small
+        from worker.devstack.processes import Service, free_port
+
+        workdir = Path(tempfile.mkdtemp(prefix="hostile-bench-"))
+        port = free_port()
+        moto = Service("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port=port,
+                       log_dir=workdir, ready_path="/moto-api/")
+        moto.start().wait_ready()
+        try:
+            rows = measure(runner, f"http://{moto.address}", timeout=args.timeout, large=not args.no_large,
+                           names=args.cases.split(",") if args.cases else None)
+        finally:
+            moto.stop()
+    print_table(provenance(f"settings: the worker's defaults; each run one whole process, capped at "
+                           f"{args.timeout:.0f}s"), rows)
+
+
+def measure(runner: Launcher, endpoint: str, *, timeout: float = 180, large: bool = True,
+            names: list[str] | None = None) -> list[dict]:
+    """Upload the corpus to the S3 at ``endpoint`` and run each case in both modes; one row per run."""
     import boto3
     from summary_bench import CREDS
 
     from worker.devstack.hostile import corpus
-    from worker.devstack.processes import Service, free_port
 
-    cases = corpus(large=not args.no_large)
-    if args.cases:
-        cases = [c for c in cases if c.name in args.cases.split(",")]
-    header = [f"command: {shlex.join([Path(sys.executable).name, *sys.argv])}",
-              f"commit: {commit()}",
-              f"date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-              f"settings: the worker's defaults; each run one whole process, capped at {args.timeout:.0f}s"]
-    workdir = Path(tempfile.mkdtemp(prefix="hostile-bench-"))
-    port = free_port()
-    moto = Service("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port=port,
-                   log_dir=workdir, ready_path="/moto-api/")
-    moto.start().wait_ready()
+    cases = [c for c in corpus(large=large) if names is None or c.name in names]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GOOGLE_", "GCE_"))}
-    env |= CREDS | {"AWS_ENDPOINT_URL": f"http://{moto.address}"}
+    env |= CREDS | {"AWS_ENDPOINT_URL": endpoint}
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="bench", aws_secret_access_key="bench")  # noqa: S106 (moto)
+    s3.create_bucket(Bucket=BUCKET)
+    expected: dict[str, int | None] = {}
+    sizes: dict[str, int] = {}
+    for case in cases:
+        print(f"building and uploading {case.name}...", file=sys.stderr, flush=True)
+        data = case.build()
+        sizes[case.name] = len(data)
+        expected[case.name] = expected_rows(case, data)
+        s3.put_object(Bucket=BUCKET, Key=case.key, Body=data)
+        del data
     rows_out = []
-    try:
-        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                          aws_access_key_id="bench", aws_secret_access_key="bench")  # noqa: S106 (moto)
-        s3.create_bucket(Bucket=BUCKET)
-        expected: dict[str, int | None] = {}
-        sizes: dict[str, int] = {}
-        for case in cases:
-            print(f"building and uploading {case.name}...", file=sys.stderr, flush=True)
-            data = case.build()
-            sizes[case.name] = len(data)
-            expected[case.name] = expected_rows(case, data)
-            s3.put_object(Bucket=BUCKET, Key=case.key, Body=data)
-            del data
-        py = sys.executable
-        for case in cases:
-            for mode in MODES:
-                url = f"s3://{BUCKET}/{case.prefix}"
-                argv = ["timeout", "-s", "KILL", str(args.timeout), py, "-m", "worker", "summarize", url]
-                argv += ["--mode", mode] if mode == "full" else []
-                if case.job.get("columns"):
-                    argv += ["--columns", ",".join(case.job["columns"])]
-                elapsed, peak, status, out, err = runner.run(argv, env)
-                answer, summary = summarize_outcome(status, out, err, args.timeout)
-                row = {"case": case.name, "mode": mode, "size": sizes[case.name], "answer": summary,
-                       "rows": answer.get("rows") if answer else None,
-                       "skipped": answer.get("skipped_count") if answer else None,
-                       "right": judge(case, answer, expected[case.name]), "seconds": elapsed, "rss": peak,
-                       "result_bytes": len(out.strip().splitlines()[-1].encode()) if out.strip() else 0}
-                rows_out.append(row)
-                print(f"{case.name:22} {mode:8} {elapsed:7.2f}s {peak:7.0f} MiB {summary}", file=sys.stderr,
-                      flush=True)
-    finally:
-        runner.close()
-        moto.stop()
-    print_table(header, rows_out)
+    py = sys.executable
+    for case in cases:
+        for mode in MODES:
+            url = f"s3://{BUCKET}/{case.prefix}"
+            argv = ["timeout", "-s", "KILL", str(timeout), py, "-m", "worker", "summarize", url]
+            argv += ["--mode", mode] if mode == "full" else []
+            if case.job.get("columns"):
+                argv += ["--columns", ",".join(case.job["columns"])]
+            elapsed, peak, status, out, err = runner.run(argv, env)
+            answer, summary = summarize_outcome(status, out, err, timeout)
+            rows_out.append({"case": case.name, "mode": mode, "size": sizes[case.name], "answer": summary,
+                             "rows": answer.get("rows") if answer else None,
+                             "skipped": answer.get("skipped_count") if answer else None,
+                             "right": judge(case, answer, expected[case.name]), "seconds": elapsed, "rss": peak,
+                             "result_bytes": len(out.strip().splitlines()[-1].encode()) if out.strip() else 0})
+            print(f"{case.name:22} {mode:8} {elapsed:7.2f}s {peak:7.0f} MiB {summary}", file=sys.stderr, flush=True)
+    return rows_out
 
 
 def print_table(header: list[str], rows: list[dict]) -> None:

@@ -10,10 +10,14 @@ times, in one run:
 - worker metadata / worker full: ``python -m worker summarize s3://bucket/prefix [--mode full]``.
 
 It prints one table: median wall time (and, for the worker, the part of it the job itself took,
-from the result's timings_ms: the rest is Python start-up and imports), peak RSS (from wait4),
-rows and columns found, and whether the answer is right; then the ratios the targets are about.
+from the result's timings_ms: the rest is Python start-up and imports), peak RSS (from wait4, each
+run started by bench/measure.py's small launcher, so that no run inherits this process's size),
+rows and columns found, and whether the answer is right; then the ratios the targets are about;
+then the hostile-file table of bench/hostile_bench.py (peak RSS per hostile case and mode, with the
+default settings; ``--no-hostile`` leaves it out). Each table starts with the command, the commit
+and the date it came from.
 
-    .venv/bin/python bench/summary_bench.py [--repeat 3] [--datasets large,small,wide,drift,junk]
+    .venv/bin/python bench/summary_bench.py [--repeat 3] [--datasets large,small,wide,drift,junk] [--no-hostile]
 """
 
 from __future__ import annotations
@@ -22,10 +26,8 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import boto3
@@ -33,7 +35,9 @@ import boto3
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+import hostile_bench  # noqa: E402
 from datasets import build_all  # noqa: E402
+from measure import Launcher, provenance  # noqa: E402
 
 from worker.devstack.processes import Service, free_port  # noqa: E402
 
@@ -69,19 +73,6 @@ else:
 """
 
 
-def run(argv: list[str], env: dict[str, str]) -> tuple[float, float, int, str, str]:
-    """(seconds, peak RSS MiB, exit status, stdout, stderr) of one whole process."""
-    started = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        process = subprocess.Popen(argv, env=env, stdout=out, stderr=err, cwd=ROOT)
-        _, status, usage = os.wait4(process.pid, 0)
-        elapsed = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return elapsed, usage.ru_maxrss / 1024, process.returncode, out.read().decode(), err.read().decode()
-
-
 def tools(url: str) -> dict[str, list[str]]:
     py = sys.executable
     return {
@@ -113,7 +104,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--datasets", default="large,small,wide,drift,junk")
     parser.add_argument("--tools", default="", help="comma-separated substrings of tool names to run (default all)")
+    parser.add_argument("--no-hostile", action="store_true", help="leave out the hostile-file table")
     args = parser.parse_args()
+    runner = Launcher()  # first, while this process is small
     wanted = args.datasets.split(",")
     print("building datasets (cached in bench/data/)...", file=sys.stderr, flush=True)
     sets = {name: folder for name, folder in build_all().items() if name in wanted}
@@ -141,7 +134,7 @@ def main() -> None:
                     continue
                 times, rss, inside, answer, note = [], [], [], None, ""
                 for _ in range(args.repeat):
-                    elapsed, peak, status, out, err = run(argv, env)
+                    elapsed, peak, status, out, err = runner.run(argv, env)
                     times.append(elapsed)
                     rss.append(peak)
                     if status != 0 and not out.strip().startswith("{"):
@@ -161,12 +154,20 @@ def main() -> None:
                                  "inside": statistics.median(inside) if inside else None,
                                  "rss": max(rss), "rows": found[0], "columns": found[1],
                                  "right": found == expected, "note": note, "expected": expected})
+        hostile = None if args.no_hostile else hostile_bench.measure(runner, env["AWS_ENDPOINT_URL"])
     finally:
+        runner.close()
         moto.stop()
     print_table(rows_out, args.repeat)
+    if hostile is not None:
+        print()
+        hostile_bench.print_table(["hostile files, the worker's defaults, each run one whole process"], hostile)
 
 
 def print_table(rows: list[dict], repeat: int) -> None:
+    for line in provenance():
+        print(line)
+    print()
     print(f"median of {repeat} runs per tool, each a whole process; peak RSS is the largest seen")
     print("dataset | tool | median s | of which the job | peak RSS MiB | rows | columns | right answer | note")
     print("--- | --- | --- | --- | --- | --- | --- | --- | ---")

@@ -24,7 +24,12 @@ MAX_ATTRIBUTE_KEY_BYTES = 256
 MAX_ATTRIBUTE_VALUE_BYTES = 1024
 # What a result too large gives up first, each section cut from its end (its last entries in the
 # order the result lists them); "omitted" then says how many entries of each went.
-REDUCTION_ORDER = ("skipped", "profile", "statistics", "schema", "created_by", "compression")
+REDUCTION_ORDER = ("skipped", "profile", "statistics", "schema", "schema_conflicts", "partition_columns",
+                   "missing_columns", "created_by", "compression")
+# Then, only if still too large (a result whose identity alone is huge): the job's echo, the error's problem
+# list and details, the pass-through attributes; and last, long identity strings are shortened.
+LAST_RESORT = ("job", "problems", "details", "attributes")
+IDENTITY_MAX_CHARS = 1024
 _SURROGATE = re.compile("[\ud800-\udfff]")
 NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
@@ -122,16 +127,27 @@ def fit(result: dict, max_bytes: int = DEFAULT_RESULT_MAX_BYTES) -> dict:
             omitted[section] = dropped
         if len(to_json({**reduced, "omitted": omitted})) <= max_bytes:
             return {**reduced, "omitted": omitted}
-    for section in ("job", "problems"):
-        if section == "job" and "job" in reduced:
-            reduced.pop("job")
-            omitted["job"] = 1
-        elif section == "problems" and "problems" in reduced.get("error", {}):
-            problems = reduced["error"]["problems"]
-            reduced["error"] = {k: v for k, v in reduced["error"].items() if k != "problems"}
-            omitted["problems"] = len(problems)
+    for section in LAST_RESORT:
+        holder = reduced.get("error", {}) if section in ("problems", "details") else reduced
+        if not holder.get(section):
+            continue
+        omitted[section] = len(holder[section])
+        if holder is reduced:
+            reduced[section] = {} if section == "attributes" else None
+            if section == "job":
+                reduced.pop("job")
+        else:
+            reduced["error"] = {k: v for k, v in holder.items() if k != section}
         if len(to_json({**reduced, "omitted": omitted})) <= max_bytes:
             return {**reduced, "omitted": omitted}
+    for name, value in reduced.items():  # identity strings only a hostile message makes this long
+        if isinstance(value, str) and len(value) > IDENTITY_MAX_CHARS:
+            reduced[name] = value[:IDENTITY_MAX_CHARS - 3] + "..."
+            omitted[f"{name}_chars"] = len(value) - IDENTITY_MAX_CHARS + 3
+    if "error" in reduced:
+        reduced["error"] = {**reduced["error"], "message": reduced["error"]["message"][:IDENTITY_MAX_CHARS]}
+    if len(to_json({**reduced, "omitted": omitted})) <= max_bytes:
+        return {**reduced, "omitted": omitted}
     raise ValueError(f"a result cannot be made to fit in {max_bytes} bytes")
 
 

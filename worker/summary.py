@@ -176,6 +176,13 @@ def _parse(footer: bytes, limits: Limits) -> Footer:
         raise UnreadableFile(f"corrupt footer: {e}") from None
     if md.num_columns != len(schema.leaves):  # never seen; the keys would be wrong, so say so
         raise UnreadableFile(f"footer schema has {len(schema.leaves)} leaves, pyarrow reads {md.num_columns}")
+    # Two columns of one name (Parquet does not forbid it) would be merged as one: figures of two
+    # columns under one name, counts doubled. Say so instead.
+    names = [f.name for f in md.schema.to_arrow_schema()]
+    twice = sorted({n for n in names if names.count(n) > 1}) if len(set(names)) != len(names) else []
+    if twice or len(set(schema.leaves)) != len(schema.leaves):
+        what = f"top-level column {twice[0]!r}" if twice else "a nested field"
+        raise UnreadableFile(f"ambiguous schema: {what} is named twice, so its figures could not be told apart")
     return Footer(md, schema)
 
 
@@ -210,7 +217,7 @@ def leaf_paths(md: pq.FileMetaData) -> tuple[tuple[str, ...], ...]:
     joined with ".", which cannot tell the column "a.b" from child "b" of "a"; so the footer is
     serialized again and walked."""
     _, (buffer,) = md.__reduce__()
-    return read_schema(memoryview(buffer), max_depth=1 << 30).leaves
+    return read_schema(buffer, max_depth=1 << 30).leaves
 
 
 def partition_values(key: str) -> dict[str, str]:
@@ -256,16 +263,25 @@ class ColumnStats:
     def merge(self, other: ColumnStats) -> ColumnStats:
         types = self.types | other.types
         null_count = None if self.null_count is None or other.null_count is None else self.null_count + other.null_count
-        has_min_max = self.has_min_max and other.has_min_max and len(types) == 1
+        # Values of types that compare (int32 and int64, timestamps of two units) merge as full mode's do,
+        # in a type that holds both; others lose their bounds (type_conflict).
+        common = self.vtype.common(other.vtype) if self.vtype and other.vtype else None
+        has_min_max = self.has_min_max and other.has_min_max and (len(types) == 1 or common is not None)
         reasons = [r for r in (self.unusable, other.unusable) if r]
+        low = high = None
+        if has_min_max and common is not None:
+            low = merge_bound(min, self.vtype.convert(self.min, common), other.vtype.convert(other.min, common))
+            high = merge_bound(max, self.vtype.convert(self.max, common), other.vtype.convert(other.max, common))
+        elif has_min_max:
+            low, high = merge_bound(min, self.min, other.min), merge_bound(max, self.max, other.max)
         return ColumnStats(
             types=types,
             position=min(self.position, other.position),
             null_count=null_count,
             has_min_max=has_min_max,
-            min=merge_bound(min, self.min, other.min) if has_min_max else None,
-            max=merge_bound(max, self.max, other.max) if has_min_max else None,
-            vtype=self.vtype or other.vtype,
+            min=low,
+            max=high,
+            vtype=common or self.vtype or other.vtype,
             unusable=min(reasons) if reasons else None,  # min: the same reason whatever the merge order
         )
 
@@ -276,7 +292,7 @@ class ColumnStats:
         truncated: list[str] = []
         if len(self.types) > 1:
             item["type_conflict"] = True
-        elif self.has_min_max and self.vtype is not None:
+        if self.has_min_max and self.vtype is not None:
             for figure in ("min", "max"):
                 shown = render(self.vtype, getattr(self, figure), figure)
                 item[figure] = shown.value

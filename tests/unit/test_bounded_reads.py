@@ -210,3 +210,20 @@ def test_a_decode_error_skips_the_object_not_the_job():
     data[start:start + 16] = b"\xff" * 16  # the first page header
     out = profile_object("bad.parquet", len(data), Ranged(bytes(data))).to_dict()
     assert out["files"] == 0 and out["skipped"][0]["reason"].startswith("unreadable data: ")
+
+
+def test_wide_files_are_read_a_few_hundred_columns_at_a_time_without_splitting_a_struct():
+    from worker.profile import column_groups
+
+    paths = (("a",), ("s", "x"), ("s", "y"), ("s", "z"), ("b",), ("c",))
+    assert column_groups(paths, list(range(6)), most=2) == [[0, 1, 2, 3], [4, 5]]
+    assert column_groups(paths, [0, 4, 5], most=2) == [[0, 4], [5]]
+    # and the answer is the same as reading every column at once
+    table = pa.table({f"c{i}": pa.array([i, None, 2 * i]) for i in range(600)}
+                     | {"s": pa.array([{"x": 1, "y": "a"}, None, {"x": 3, "y": "b"}])})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue().to_pybytes()
+    out = profile_object("k.parquet", len(data), lambda a, b: data[a:b + 1]).to_dict()["profile"]
+    assert len(out) == 601 and out["s"]["count"] == 2 and out["s"]["null_count"] == 1
+    assert all((out[f"c{i}"]["min"], out[f"c{i}"]["max"]) == (i, 2 * i) for i in range(600))

@@ -132,26 +132,55 @@ def test_one_objects_failure_is_that_objects():
         assert tally.refused == 1 and tally.first_refusal.startswith("d/a.parquet")
 
 
+class _StubStorage:
+    """The Storage protocol over one in-memory store (no credentials to get)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def ensure_credentials(self):
+        pass
+
+    def objects(self, bucket, job_id):
+        return self.store
+
+
 def test_a_job_answers_forbidden_only_when_every_object_is_refused():
     objects = {f"d/{c}.parquet": parquet_bytes(recipe_table()) for c in "ab"}
-
-    class Storage:
-        def __init__(self, store):
-            self.store = store
-
-        def ensure_credentials(self):
-            pass
-
-        def objects(self, bucket, job_id):
-            return self.store
-
     settings = Settings(role_arn="", audience="")
     job = Job(bucket="b-1", prefix="d/", job_id="j")
-    some = Worker(settings, Storage(_Refusing(objects, refused={"d/a.parquet"}))).run(job)
+    some = Worker(settings, _StubStorage(_Refusing(objects, refused={"d/a.parquet"}))).run(job)
     assert some["status"] == "ok" and some["files"] == 1 and some["skipped_count"] == 1
-    every = Worker(settings, Storage(_Refusing(objects, refused=set(objects)))).run(job)
+    every = Worker(settings, _StubStorage(_Refusing(objects, refused=set(objects)))).run(job)
     assert every["status"] == "error" and every["error"]["code"] == "forbidden"
     assert every["error"]["details"] == {"objects_refused": 2}
     assert "access denied to this object: d/a.parquet" in every["error"]["message"]
-    broken = Worker(settings, Storage(_Refusing(objects, broken=set(objects)))).run(job)
+    broken = Worker(settings, _StubStorage(_Refusing(objects, broken=set(objects)))).run(job)
     assert broken["status"] == "ok" and broken["files"] == 0 and broken["skipped_count"] == 2
+
+
+def test_memory_does_not_grow_with_the_number_of_keys():
+    import tracemalloc
+
+    parquet = {"z/part.parquet": parquet_bytes(events_table(1, 50))}
+
+    class Lazy(MemoryStore):
+        def __init__(self, junk):
+            super().__init__(parquet)
+            self.junk = junk
+
+        def list(self, prefix):
+            return _listing(self.junk, parquet, [0])
+
+    def peak(junk: int) -> int:
+        worker = Worker(Settings(role_arn="", audience=""), _StubStorage(Lazy(junk)))
+        tracemalloc.start()
+        try:
+            result = worker.run(Job(bucket="b-1", prefix="", job_id="j"))
+            assert result["skipped_count"] == junk and result["files"] == 1
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(20_000), peak(200_000)
+    assert large < 1.5 * small + 64 * 1024, (small, large)  # ten times the keys, about the same memory
