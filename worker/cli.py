@@ -222,7 +222,9 @@ def _emit(result: dict, status: int) -> int:
     if sys.stdout.isatty():
         print(render_table(result))
     else:
-        print(json.dumps(result, separators=(",", ":"), ensure_ascii=False), flush=True)
+        from worker.results import to_json
+
+        print(to_json(result).decode("utf-8"), flush=True)  # strict JSON, as a published result
     return status
 
 

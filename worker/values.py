@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import functools
 import json
 import math
 import struct
@@ -184,15 +185,25 @@ class LeafType:
 
 def leaf_type(leaf) -> LeafType:
     """The :class:`LeafType` of a ``pyarrow.parquet.ColumnSchema`` (logical type first, then converted)."""
-    physical = leaf.physical_type
     try:
-        logical = json.loads(leaf.logical_type.to_json())
-    except (ValueError, AttributeError):
+        logical = leaf.logical_type.to_json()
+    except AttributeError:
+        logical = ""
+    converted = str(leaf.converted_type or "NONE")
+    decimal = (leaf.precision, leaf.scale) if converted == "DECIMAL" else None
+    return _leaf_type(leaf.physical_type, logical, converted, decimal)
+
+
+@functools.lru_cache(maxsize=1024)
+def _leaf_type(physical: str, logical_json: str, converted: str, decimal: tuple[int, int] | None) -> LeafType:
+    # Cached: a prefix's files repeat the same few column types, and decoding them is most of a footer's cost.
+    try:
+        logical = json.loads(logical_json) if logical_json else {"Type": "None"}
+    except ValueError:
         logical = {"Type": "None"}
     kind = logical.get("Type", "None")
-    converted = str(leaf.converted_type or "NONE")
     if kind == "None" and converted not in ("NONE", "None"):
-        kind, logical = _from_converted(converted, leaf)
+        kind, logical = _from_converted(converted, decimal)
     if kind == "Int":
         width, signed = int(logical.get("bitWidth", 64)), bool(logical.get("isSigned", True))
         name = f"{'' if signed else 'u'}int{width}"
@@ -235,14 +246,15 @@ def leaf_type(leaf) -> LeafType:
     }.get(physical, LeafType(ValueType("unordered", physical), physical, "none"))
 
 
-def _from_converted(converted: str, leaf) -> tuple[str, dict]:
+def _from_converted(converted: str, decimal: tuple[int, int] | None) -> tuple[str, dict]:
     # Old writers set only the converted type; pyarrow usually maps it to a logical type already.
     if converted in ("UTF8", "ENUM", "JSON"):
         return "String", {}
     if converted.startswith(("INT_", "UINT_")):
         return "Int", {"bitWidth": int(converted.split("_")[1]), "isSigned": converted.startswith("INT_")}
     if converted == "DECIMAL":
-        return "Decimal", {"precision": leaf.precision, "scale": leaf.scale}
+        precision, scale = decimal or (0, 0)
+        return "Decimal", {"precision": precision, "scale": scale}
     if converted == "DATE":
         return "Date", {}
     if converted.startswith(("TIMESTAMP_", "TIME_")):
