@@ -297,9 +297,12 @@ def summarize_listing(store: ObjectStore, listed: Iterable[tuple[str, int]], *, 
     if first is None:
         return total.build()
     if second is None:  # one object: no pool of threads to start and stop for it
-        if late():
-            raise DeadlineReached(first[0], done=0, total=1)
-        total.add(one(first))
+        try:
+            if late():
+                raise DeadlineReached(first[0])
+            total.add(one(first))
+        except DeadlineReached:
+            raise DeadlineReached(first[0], done=0, total=1) from None  # the listing is complete: one object
         done = 1
         progressed()
         return total.build()

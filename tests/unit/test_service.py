@@ -184,3 +184,19 @@ def test_memory_does_not_grow_with_the_number_of_keys():
 
     small, large = peak(20_000), peak(200_000)
     assert large < 1.5 * small + 64 * 1024, (small, large)  # ten times the keys, about the same memory
+
+
+def test_one_object_that_reaches_the_deadline_is_answered_deadline_exceeded():
+    """It used to raise IndexError (the one-object path re-raised DeadlineReached with one argument)."""
+    import time as clock
+
+    class Slow(MemoryStore):
+        def fetch(self, key, start, end):
+            clock.sleep(1.1)  # past the 1 s deadline before the first row group
+            return super().fetch(key, start, end)
+
+    store = Slow({"d/only.parquet": parquet_bytes(events_table(1, 100))})
+    settings = Settings(role_arn="", audience="", job_deadline_seconds=1)
+    result = Worker(settings, _StubStorage(store)).run(Job(bucket="b-1", prefix="d/", job_id="j", mode="full"))
+    assert result["status"] == "error" and result["error"]["code"] == "deadline_exceeded"
+    assert result["error"]["details"]["files_read"] == 0 and result["error"]["details"]["files_total"] == 1
