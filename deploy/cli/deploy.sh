@@ -24,24 +24,70 @@ settings() {
   MEMORY=${MEMORY:-1Gi}
   CPU=${CPU:-1}
   MAX_INSTANCES=${MAX_INSTANCES:-10}
+  CONCURRENCY=${CONCURRENCY:-1}
   MAX_DELIVERY_ATTEMPTS=${MAX_DELIVERY_ATTEMPTS:-5}
   MIN_RETRY_DELAY=${MIN_RETRY_DELAY:-10s}
   MAX_RETRY_DELAY=${MAX_RETRY_DELAY:-600s}
   SCHEDULE=${SCHEDULE:-0 3 * * *}
   SCHEDULE_TIME_ZONE=${SCHEDULE_TIME_ZONE:-Etc/UTC}
+  DEPLOY_HTTP=${DEPLOY_HTTP:-no}
+  HTTP_INGRESS=${HTTP_INGRESS:-internal-only}
+  SERVICE_AGENT_WAIT=${SERVICE_AGENT_WAIT:-60}
   need_var PROJECT "the Google Cloud project ID"
   need_var DATA_BUCKET "the S3 bucket the worker may read"
   (( TIMEOUT_SECONDS >= 120 && TIMEOUT_SECONDS <= 540 )) || die "TIMEOUT_SECONDS must be between 120 and 540"
   (( MAX_DELIVERY_ATTEMPTS >= 5 && MAX_DELIVERY_ATTEMPTS <= 100 )) || die "MAX_DELIVERY_ATTEMPTS must be between 5 and 100"
+  [[ "$DEPLOY_HTTP" == yes || "$DEPLOY_HTTP" == no ]] || die "DEPLOY_HTTP must be yes or no"
+  if [[ "$DEPLOY_HTTP" == yes ]]; then
+    [[ -n "${HTTP_INVOKERS:-}" ]] || die "DEPLOY_HTTP=yes needs HTTP_INVOKERS: who may call it (it is never public)"
+    local member
+    for member in $HTTP_INVOKERS; do
+      [[ "$member" =~ ^(user|group|serviceAccount|domain|principal|principalSet):.+ ]] \
+        || die "HTTP_INVOKERS takes named principals (user:, group:, serviceAccount:, ...), not '$member'"
+    done
+  fi
+  if [[ -n "${KMS_KEY_NAME:-}" ]]; then
+    [[ "$KMS_KEY_NAME" =~ ^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$ ]] \
+      || die "KMS_KEY_NAME is a full key name: projects/P/locations/L/keyRings/R/cryptoKeys/K"
+  fi
   WORKER_SA="$NAME@$PROJECT.iam.gserviceaccount.com"
   PUSH_SA="${NAME:0:25}-push@$PROJECT.iam.gserviceaccount.com"
+  # Cloud Build builds the function as this account: the default build account of projects created
+  # since mid-2024 has no build permissions. A given BUILD_SERVICE_ACCOUNT (an email) is used as is.
+  BUILD_SA=${BUILD_SERVICE_ACCOUNT:-${NAME:0:24}-build@$PROJECT.iam.gserviceaccount.com}
   JOBS_TOPIC="$NAME-jobs" RESULTS_TOPIC="$NAME-results" DEAD_LETTER_TOPIC="$NAME-dead-letter"
+}
+
+# The prefix of the default scheduled job: the first of the prefixes sorted byte-wise, as Terraform's
+# sort() does (deploy/terraform/modules/plan); empty (the whole bucket) when there are none.
+default_prefix() {
+  local prefix
+  # shellcheck disable=SC2086  # DATA_PREFIXES is space-separated on purpose
+  prefix=$(printf '%s\n' ${DATA_PREFIXES:-} | LC_ALL=C sort -u | head -n 1)
+  printf '%s' "$prefix"
+}
+
+# The scheduler's message: SCHEDULED_JOB as given, else the whole default prefix of DATA_BUCKET.
+scheduled_job() {
+  if [[ -n "${SCHEDULED_JOB:-}" ]]; then printf '%s' "$SCHEDULED_JOB"; return; fi
+  python3 -c 'import json, sys; print(json.dumps({"bucket": sys.argv[1], "prefix": sys.argv[2]}))' \
+    "$DATA_BUCKET" "$(default_prefix)"
+}
+
+# A grant to a service agent, retried while IAM does not know the agent yet (it can take a minute
+# after the agent is created).
+grant_to_agent() {  # grant_to_agent COMMAND...
+  local waited=0 out
+  until out=$("$@" 2>&1 >/dev/null); do
+    if (( waited >= SERVICE_AGENT_WAIT )) || [[ "$out" != *"does not exist"* ]]; then
+      printf '%s\n' "$out" >&2; return 1
+    fi
+    sleep 10; waited=$((waited + 10))
+  done
 }
 
 # The function's settings (the names worker/config.py reads), as an --env-vars-file.
 function_env() {  # function_env ROLE_ARN
-  local first_prefix
-  read -r first_prefix _ <<<"${DATA_PREFIXES:-}" || true
   python3 - "$1" <<PY
 import json, sys
 env = {
@@ -61,9 +107,29 @@ PY
 
 exists() { "$@" >/dev/null 2>&1; }
 
-ensure_topic() {  # ensure_topic NAME
+# Deploy (or leave alone, when its digest label is current) one entry point: authenticated only.
+deploy_function() {  # deploy_function NAME ENTRY_POINT INGRESS ENV_FILE DIGEST
+  local deployed
+  deployed=$(gcloud functions describe "$1" --region="$REGION" --project="$PROJECT" \
+             --format='value(labels.deploy-digest)' 2>/dev/null || true)
+  if [[ "$deployed" == "$5" ]]; then
+    say "function $1: unchanged"
+  else
+    gcloud functions deploy "$1" --gen2 --project="$PROJECT" --region="$REGION" --source="$REPO" \
+      --runtime="$PYTHON_RUNTIME" --entry-point="$2" --trigger-http --no-allow-unauthenticated \
+      --ingress-settings="$3" --service-account="$WORKER_SA" --timeout="${TIMEOUT_SECONDS}s" \
+      --build-service-account="projects/$PROJECT/serviceAccounts/$BUILD_SA" \
+      --memory="$MEMORY" --cpu="$CPU" --max-instances="$MAX_INSTANCES" --concurrency="$CONCURRENCY" \
+      --env-vars-file="$4" --update-labels="deploy-digest=$5" --quiet
+    say "function $1: deployed"
+  fi
+}
+
+ensure_topic() {  # ensure_topic NAME: encrypted with KMS_KEY_NAME when set
+  local key=()
+  [[ -n "${KMS_KEY_NAME:-}" ]] && key=(--topic-encryption-key="$KMS_KEY_NAME")
   if exists gcloud pubsub topics describe "$1" --project="$PROJECT"; then say "topic $1: exists"
-  else gcloud pubsub topics create "$1" --project="$PROJECT" --quiet >/dev/null; say "topic $1: created"; fi
+  else gcloud pubsub topics create "$1" --project="$PROJECT" "${key[@]}" --quiet >/dev/null; say "topic $1: created"; fi
 }
 
 ensure_pull_subscription() {  # ensure_pull_subscription NAME TOPIC: keeps messages a week, never expires
@@ -122,18 +188,34 @@ main() {
   [[ -n "$(gcloud auth list --filter=status:ACTIVE --format='value(account)' 2>/dev/null)" ]] \
     || die "gcloud has no active account: run 'gcloud auth login' first"
 
-  say "1/8 APIs"
+  say "1/8 APIs and service agents"
   gcloud services enable artifactregistry.googleapis.com cloudbuild.googleapis.com cloudfunctions.googleapis.com \
-    cloudscheduler.googleapis.com iam.googleapis.com iamcredentials.googleapis.com pubsub.googleapis.com \
-    run.googleapis.com storage.googleapis.com --project="$PROJECT" --quiet
-  local number pubsub_agent scheduler_agent
-  number=$(gcloud projects describe "$PROJECT" --format='value(projectNumber)')
-  pubsub_agent="serviceAccount:service-$number@gcp-sa-pubsub.iam.gserviceaccount.com"
-  scheduler_agent="serviceAccount:service-$number@gcp-sa-cloudscheduler.iam.gserviceaccount.com"
+    cloudresourcemanager.googleapis.com cloudscheduler.googleapis.com iam.googleapis.com \
+    iamcredentials.googleapis.com logging.googleapis.com pubsub.googleapis.com run.googleapis.com \
+    storage.googleapis.com --project="$PROJECT" --quiet
+  # Service agents may not exist right after their API is enabled: create them (a no-op when they do).
+  local pubsub_agent scheduler_agent
+  pubsub_agent="serviceAccount:$(gcloud beta services identity create --service=pubsub.googleapis.com \
+    --project="$PROJECT" --format='value(email)' --quiet)"
+  if [[ "$SCHEDULE" != none ]]; then
+    scheduler_agent="serviceAccount:$(gcloud beta services identity create --service=cloudscheduler.googleapis.com \
+      --project="$PROJECT" --format='value(email)' --quiet)"
+  fi
+  if [[ -n "${KMS_KEY_NAME:-}" ]]; then
+    # Topic creation with a customer-managed key fails unless the Pub/Sub service agent may use it.
+    grant_to_agent gcloud kms keys add-iam-policy-binding "$KMS_KEY_NAME" --member="$pubsub_agent" \
+      --role=roles/cloudkms.cryptoKeyEncrypterDecrypter --quiet
+  fi
 
   say "2/8 service accounts"
   ensure_service_account "$WORKER_SA" "Parquet summary worker (federates into AWS role $ROLE_NAME)"
   ensure_service_account "$PUSH_SA" "Pub/Sub push to $NAME"
+  if [[ -z "${BUILD_SERVICE_ACCOUNT:-}" ]]; then
+    ensure_service_account "$BUILD_SA" "Builds the $NAME function (Cloud Build)"
+  fi
+  # Cloud Build's own role: build logs, the image in Artifact Registry, the staged source.
+  gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$BUILD_SA" \
+    --role=roles/cloudbuild.builds.builder --condition=None --quiet >/dev/null
   local unique_id
   unique_id=$(gcloud iam service-accounts describe "$WORKER_SA" --project="$PROJECT" --format='value(uniqueId)')
 
@@ -152,18 +234,11 @@ main() {
   # Redeploy only when the source or the settings changed: their digest is a label of the function.
   local digest deployed
   digest=$( (cd "$REPO" && gcloud meta list-files-for-upload . | LC_ALL=C sort | xargs sha256sum;
-             cat "$env_file"; echo "$PYTHON_RUNTIME $TIMEOUT_SECONDS $MEMORY $CPU $MAX_INSTANCES") | sha256sum | cut -c1-40)
-  deployed=$(gcloud functions describe "$NAME" --region="$REGION" --project="$PROJECT" \
-             --format='value(labels.deploy-digest)' 2>/dev/null || true)
-  if [[ "$deployed" == "$digest" ]]; then
-    say "function $NAME: unchanged"
-  else
-    gcloud functions deploy "$NAME" --gen2 --project="$PROJECT" --region="$REGION" --source="$REPO" \
-      --runtime="$PYTHON_RUNTIME" --entry-point=handle_pubsub --trigger-http --no-allow-unauthenticated \
-      --ingress-settings=internal-only --service-account="$WORKER_SA" --timeout="${TIMEOUT_SECONDS}s" \
-      --memory="$MEMORY" --cpu="$CPU" --max-instances="$MAX_INSTANCES" --concurrency=1 \
-      --env-vars-file="$env_file" --update-labels="deploy-digest=$digest" --quiet
-    say "function $NAME: deployed"
+             cat "$env_file"; echo "$PYTHON_RUNTIME $TIMEOUT_SECONDS $MEMORY $CPU $MAX_INSTANCES $CONCURRENCY $BUILD_SA";
+             echo "$HTTP_INGRESS") | sha256sum | cut -c1-40)
+  deploy_function "$NAME" handle_pubsub internal-only "$env_file" "$digest"
+  if [[ "$DEPLOY_HTTP" == yes ]]; then
+    deploy_function "$NAME-http" handle_http "$HTTP_INGRESS" "$env_file" "$digest"
   fi
   local url
   url=$(gcloud functions describe "$NAME" --region="$REGION" --project="$PROJECT" --format='value(serviceConfig.uri)')
@@ -178,23 +253,30 @@ main() {
   done
   gcloud functions add-invoker-policy-binding "$NAME" --region="$REGION" --project="$PROJECT" \
     --member="serviceAccount:$PUSH_SA" --quiet >/dev/null
-  gcloud iam service-accounts add-iam-policy-binding "$PUSH_SA" --project="$PROJECT" \
-    --member="$pubsub_agent" --role=roles/iam.serviceAccountTokenCreator --quiet >/dev/null
-  gcloud pubsub topics add-iam-policy-binding "$DEAD_LETTER_TOPIC" --project="$PROJECT" \
-    --member="$pubsub_agent" --role=roles/pubsub.publisher --quiet >/dev/null
-  gcloud pubsub topics add-iam-policy-binding "$JOBS_TOPIC" --project="$PROJECT" \
-    --member="$scheduler_agent" --role=roles/pubsub.publisher --quiet >/dev/null
+  if [[ "$DEPLOY_HTTP" == yes ]]; then
+    local invoker
+    for invoker in $HTTP_INVOKERS; do
+      gcloud functions add-invoker-policy-binding "$NAME-http" --region="$REGION" --project="$PROJECT" \
+        --member="$invoker" --quiet >/dev/null
+    done
+  fi
+  grant_to_agent gcloud iam service-accounts add-iam-policy-binding "$PUSH_SA" --project="$PROJECT" \
+    --member="$pubsub_agent" --role=roles/iam.serviceAccountTokenCreator --quiet
+  grant_to_agent gcloud pubsub topics add-iam-policy-binding "$DEAD_LETTER_TOPIC" --project="$PROJECT" \
+    --member="$pubsub_agent" --role=roles/pubsub.publisher --quiet
+  if [[ "$SCHEDULE" != none ]]; then
+    grant_to_agent gcloud pubsub topics add-iam-policy-binding "$JOBS_TOPIC" --project="$PROJECT" \
+      --member="$scheduler_agent" --role=roles/pubsub.publisher --quiet
+  fi
 
   say "7/8 delivery: $JOBS_TOPIC -> push (OIDC) -> $NAME, retries, dead letters after $MAX_DELIVERY_ATTEMPTS attempts"
   delivery "$url"
-  gcloud pubsub subscriptions add-iam-policy-binding "$JOBS_TOPIC" --project="$PROJECT" \
-    --member="$pubsub_agent" --role=roles/pubsub.subscriber --quiet >/dev/null
+  grant_to_agent gcloud pubsub subscriptions add-iam-policy-binding "$JOBS_TOPIC" --project="$PROJECT" \
+    --member="$pubsub_agent" --role=roles/pubsub.subscriber --quiet
 
   say "8/8 schedule"
-  local first_prefix job
-  read -r first_prefix _ <<<"${DATA_PREFIXES:-}" || true
-  job=${SCHEDULED_JOB:-$(python3 -c 'import json, sys; print(json.dumps({"bucket": sys.argv[1], "prefix": sys.argv[2]}))' \
-                         "$DATA_BUCKET" "${first_prefix:-}")}
+  local job
+  job=$(scheduled_job)
   if [[ "$SCHEDULE" == none ]]; then
     say "scheduler: none"
   else

@@ -1,23 +1,21 @@
 # Google Cloud half: service accounts, topics, the function, its delivery and its schedule.
 
 locals {
-  repo       = abspath("${path.module}/../..")
-  role_name  = coalesce(var.aws_role_name, var.name)
-  audience   = coalesce(var.id_token_audience, "//iam.amazonaws.com/${local.role_name}")
-  prefixes   = length(var.data_prefixes) > 0 ? sort(distinct(var.data_prefixes)) : [""]
-  pubsub_sa  = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
-  scheduler  = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-cloudscheduler.iam.gserviceaccount.com"
-  worker_url = google_cloudfunctions2_function.worker.service_config[0].uri
+  repo      = abspath("${path.module}/../..")
+  role_name = coalesce(var.aws_role_name, var.name)
+  audience  = coalesce(var.id_token_audience, "//iam.amazonaws.com/${local.role_name}")
+  names     = module.plan.names
 
-  # What the function needs and nothing else: the same files .gcloudignore lets through.
-  source_files = setsubtract(
-    fileset(local.repo, "{main.py,requirements.txt,schemas/**,worker/**/*.py}"),
-    fileset(local.repo, "worker/devstack/**"),
-  )
+  # Read through time_sleep, so that every grant to a service agent waits for it to be known to IAM.
+  pubsub_agent    = "serviceAccount:${time_sleep.service_agents.triggers["pubsub"]}"
+  scheduler_agent = "serviceAccount:${time_sleep.service_agents.triggers["scheduler"]}"
+
+  build_account = coalesce(var.build_service_account, one(google_service_account.build[*].email))
+  worker_url    = google_cloudfunctions2_function.worker.service_config[0].uri
 
   # The function's settings: the names worker/config.py reads.
   environment = {
-    AWS_ROLE_ARN         = aws_iam_role.worker.arn
+    AWS_ROLE_ARN         = module.aws_role.role_arn
     ID_TOKEN_AUDIENCE    = local.audience
     REPLY_TOPIC          = google_pubsub_topic.results.id
     GOOGLE_CLOUD_PROJECT = var.project
@@ -29,18 +27,32 @@ locals {
   }
 }
 
-data "google_project" "this" {
-  project_id = var.project
+# Names, the source file list, the prefixes and the scheduled job: pure computations, in a module with
+# no provider so that tests evaluate them with the terraform binary alone.
+module "plan" {
+  source = "./modules/plan"
+
+  project       = var.project
+  name          = var.name
+  data_bucket   = var.data_bucket
+  data_prefixes = var.data_prefixes
+  schedule      = var.schedule
+  scheduled_job = var.scheduled_job
+  source_dir    = local.repo
 }
 
+# No data source reads the project at plan time, so a first plan needs no API but Service Usage.
+# Cloud Resource Manager is enabled for the project-level grant below (and for gcloud's project lookups).
 resource "google_project_service" "apis" {
   for_each = toset([
     "artifactregistry.googleapis.com",
     "cloudbuild.googleapis.com",
     "cloudfunctions.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
     "cloudscheduler.googleapis.com",
     "iam.googleapis.com",
     "iamcredentials.googleapis.com",
+    "logging.googleapis.com",
     "pubsub.googleapis.com",
     "run.googleapis.com",
     "storage.googleapis.com",
@@ -50,13 +62,40 @@ resource "google_project_service" "apis" {
   disable_on_destroy = false
 }
 
+# -- service agents ------------------------------------------------------------------------------
+# A service agent may not exist right after its API is enabled, and a grant to one that does not exist
+# fails. generateServiceIdentity creates it (and returns its email); the pause lets IAM learn of it.
+
+resource "google_project_service_identity" "pubsub" {
+  provider   = google-beta
+  project    = var.project
+  service    = "pubsub.googleapis.com"
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_project_service_identity" "scheduler" {
+  count      = var.schedule == null ? 0 : 1
+  provider   = google-beta
+  project    = var.project
+  service    = "cloudscheduler.googleapis.com"
+  depends_on = [google_project_service.apis]
+}
+
+resource "time_sleep" "service_agents" {
+  create_duration = var.service_agent_wait
+  triggers = {
+    pubsub    = google_project_service_identity.pubsub.email
+    scheduler = try(google_project_service_identity.scheduler[0].email, "")
+  }
+}
+
 # -- identities ------------------------------------------------------------------------------
 
 # The function runs as this account. Its ID tokens are what AWS trusts; in Google it may only
 # publish results.
 resource "google_service_account" "worker" {
   project      = var.project
-  account_id   = var.name
+  account_id   = local.names.worker_account
   display_name = "Parquet summary worker (federates into AWS role ${local.role_name})"
   depends_on   = [google_project_service.apis]
 }
@@ -64,8 +103,19 @@ resource "google_service_account" "worker" {
 # Pub/Sub signs push requests to the function as this account; it may only invoke the function.
 resource "google_service_account" "push" {
   project      = var.project
-  account_id   = "${substr(var.name, 0, 25)}-push"
+  account_id   = local.names.push_account
   display_name = "Pub/Sub push to ${var.name}"
+  depends_on   = [google_project_service.apis]
+}
+
+# Cloud Build builds the function as this account (unless build_service_account names another): the
+# default build account of projects created since mid-2024 (the Compute Engine default account) has no
+# build permissions, and organisations often disable default accounts altogether.
+resource "google_service_account" "build" {
+  count        = var.build_service_account == null ? 1 : 0
+  project      = var.project
+  account_id   = local.names.build_account
+  display_name = "Builds the ${var.name} function (Cloud Build)"
   depends_on   = [google_project_service.apis]
 }
 
@@ -74,25 +124,28 @@ resource "google_service_account" "push" {
 resource "google_pubsub_topic" "jobs" {
   #checkov:skip=CKV_GCP_83:Google-managed encryption unless kms_key_name names a customer-managed key
   project      = var.project
-  name         = "${var.name}-jobs"
+  name         = local.names.jobs_topic
   kms_key_name = var.kms_key_name
-  depends_on   = [google_project_service.apis]
+  # With a customer-managed key, topic creation fails unless the Pub/Sub service agent may use it.
+  depends_on = [google_project_service.apis, google_kms_crypto_key_iam_member.pubsub_uses_key]
 }
 
 resource "google_pubsub_topic" "results" {
   #checkov:skip=CKV_GCP_83:Google-managed encryption unless kms_key_name names a customer-managed key
   project      = var.project
-  name         = "${var.name}-results"
+  name         = local.names.results_topic
   kms_key_name = var.kms_key_name
-  depends_on   = [google_project_service.apis]
+  # With a customer-managed key, topic creation fails unless the Pub/Sub service agent may use it.
+  depends_on = [google_project_service.apis, google_kms_crypto_key_iam_member.pubsub_uses_key]
 }
 
 resource "google_pubsub_topic" "dead_letter" {
   #checkov:skip=CKV_GCP_83:Google-managed encryption unless kms_key_name names a customer-managed key
   project      = var.project
-  name         = "${var.name}-dead-letter"
+  name         = local.names.dead_letter_topic
   kms_key_name = var.kms_key_name
-  depends_on   = [google_project_service.apis]
+  # With a customer-managed key, topic creation fails unless the Pub/Sub service agent may use it.
+  depends_on = [google_project_service.apis, google_kms_crypto_key_iam_member.pubsub_uses_key]
 }
 
 # Messages on a topic with no subscription are dropped: keep results and dead letters for a week.
@@ -121,7 +174,7 @@ resource "google_pubsub_subscription" "dead_letter" {
 resource "google_storage_bucket" "source" {
   #checkov:skip=CKV_GCP_62:holds only the function's source archives, read by Cloud Build; Cloud Audit Logs record access
   project                     = var.project
-  name                        = "${var.project}-${var.name}-source"
+  name                        = local.names.source_bucket
   location                    = var.region
   uniform_bucket_level_access = true
   public_access_prevention    = "enforced"
@@ -145,7 +198,7 @@ data "archive_file" "source" {
   output_path = "${path.module}/.build/source.zip"
 
   dynamic "source" {
-    for_each = local.source_files
+    for_each = module.plan.source_files
     content {
       content  = file("${local.repo}/${source.value}")
       filename = source.value
@@ -161,14 +214,15 @@ resource "google_storage_bucket_object" "source" {
 
 resource "google_cloudfunctions2_function" "worker" {
   project     = var.project
-  name        = var.name
+  name        = local.names.function
   location    = var.region
   description = "Summarizes Parquet data in S3 for each job on ${google_pubsub_topic.jobs.name}; results on ${google_pubsub_topic.results.name}."
 
   build_config {
-    runtime         = var.python_runtime
-    entry_point     = "handle_pubsub"
-    service_account = var.build_service_account
+    runtime     = var.python_runtime
+    entry_point = "handle_pubsub"
+    # The API wants the account's full name, not its email.
+    service_account = "projects/${var.project}/serviceAccounts/${local.build_account}"
     source {
       storage_source {
         bucket = google_storage_bucket.source.name
@@ -184,14 +238,59 @@ resource "google_cloudfunctions2_function" "worker" {
     available_cpu                    = var.cpu
     timeout_seconds                  = var.timeout_seconds
     max_instance_count               = var.max_instances
-    max_instance_request_concurrency = 1
+    max_instance_request_concurrency = var.concurrency
     ingress_settings                 = "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision   = true
     service_account_email            = google_service_account.worker.email
     environment_variables            = local.environment
   }
 
-  depends_on = [google_project_service.apis]
+  depends_on = [google_project_service.apis, google_project_iam_member.build_account_builds,
+  google_storage_bucket_iam_member.build_account_reads_source]
+}
+
+# The HTTP entry point (jobs posted as JSON, answered with the result), when asked for: the same
+# source, settings and identity; callable only by the principals in http_invokers, never allUsers.
+resource "google_cloudfunctions2_function" "http" {
+  count       = var.http_function ? 1 : 0
+  project     = var.project
+  name        = local.names.http_function
+  location    = var.region
+  description = "Summarizes Parquet data in S3 for each job POSTed as JSON; answers the result."
+
+  build_config {
+    runtime         = var.python_runtime
+    entry_point     = "handle_http"
+    service_account = "projects/${var.project}/serviceAccounts/${local.build_account}"
+    source {
+      storage_source {
+        bucket = google_storage_bucket.source.name
+        object = google_storage_bucket_object.source.name
+      }
+    }
+  }
+
+  service_config {
+    available_memory                 = var.memory
+    available_cpu                    = var.cpu
+    timeout_seconds                  = var.timeout_seconds
+    max_instance_count               = var.max_instances
+    max_instance_request_concurrency = var.concurrency
+    ingress_settings                 = var.http_ingress_settings
+    all_traffic_on_latest_revision   = true
+    service_account_email            = google_service_account.worker.email
+    environment_variables            = local.environment
+  }
+
+  lifecycle {
+    precondition {
+      condition     = length(var.http_invokers) > 0
+      error_message = "http_function is true but http_invokers is empty: name who may call it (it is never public)."
+    }
+  }
+
+  depends_on = [google_project_service.apis, google_project_iam_member.build_account_builds,
+  google_storage_bucket_iam_member.build_account_reads_source]
 }
 
 # -- delivery: jobs topic -> push (OIDC) -> function, with retries and a dead-letter topic ------------
@@ -237,15 +336,15 @@ resource "google_cloud_scheduler_job" "jobs" {
   count     = var.schedule == null ? 0 : 1
   project   = var.project
   region    = var.region
-  name      = "${var.name}-schedule"
+  name      = local.names.scheduler_job
   schedule  = var.schedule
   time_zone = var.schedule_time_zone
 
   pubsub_target {
     topic_name = google_pubsub_topic.jobs.id
-    data       = base64encode(jsonencode(coalesce(var.scheduled_job, { bucket = var.data_bucket, prefix = local.prefixes[0] })))
+    data       = base64encode(module.plan.scheduled_job_json)
     # Passed through to the result: which schedule produced it.
-    attributes = { schedule = "${var.name}-schedule" }
+    attributes = { schedule = local.names.scheduler_job }
   }
 
   depends_on = [google_project_service.apis, google_pubsub_topic_iam_member.scheduler_publishes_jobs]
@@ -276,30 +375,65 @@ resource "google_cloud_run_v2_service_iam_member" "push_invokes_worker" {
   member   = google_service_account.push.member
 }
 
+resource "google_cloud_run_v2_service_iam_member" "http_invokers" {
+  for_each = var.http_function ? toset(var.http_invokers) : toset([])
+  project  = var.project
+  location = var.region
+  name     = google_cloudfunctions2_function.http[0].name
+  role     = "roles/run.invoker"
+  member   = each.value
+}
+
 # Pub/Sub's service agent mints the push OIDC tokens and moves undeliverable jobs to the dead-letter topic.
 resource "google_service_account_iam_member" "pubsub_signs_as_push" {
   service_account_id = google_service_account.push.name
   role               = "roles/iam.serviceAccountTokenCreator"
-  member             = local.pubsub_sa
+  member             = local.pubsub_agent
 }
 
 resource "google_pubsub_topic_iam_member" "pubsub_publishes_dead_letters" {
   project = var.project
   topic   = google_pubsub_topic.dead_letter.name
   role    = "roles/pubsub.publisher"
-  member  = local.pubsub_sa
+  member  = local.pubsub_agent
 }
 
 resource "google_pubsub_subscription_iam_member" "pubsub_acks_dead_letters" {
   project      = var.project
   subscription = google_pubsub_subscription.jobs.name
   role         = "roles/pubsub.subscriber"
-  member       = local.pubsub_sa
+  member       = local.pubsub_agent
 }
 
 resource "google_pubsub_topic_iam_member" "scheduler_publishes_jobs" {
+  count   = var.schedule == null ? 0 : 1
   project = var.project
   topic   = google_pubsub_topic.jobs.name
   role    = "roles/pubsub.publisher"
-  member  = local.scheduler
+  member  = local.scheduler_agent
+}
+
+# A customer-managed key on the topics: Pub/Sub encrypts with it as its service agent.
+resource "google_kms_crypto_key_iam_member" "pubsub_uses_key" {
+  count         = var.kms_key_name == null ? 0 : 1
+  crypto_key_id = var.kms_key_name
+  role          = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
+  member        = local.pubsub_agent
+}
+
+# The build account: Cloud Build's own role (writes build logs and the image to Artifact Registry, reads
+# the source), the only project-level grant here; and read on the source bucket, in case the project's
+# organisation trims the role.
+resource "google_project_iam_member" "build_account_builds" {
+  #checkov:skip=CKV_GCP_49:Cloud Build's own role (documented for a custom build account); it acts as no other account
+  project    = var.project
+  role       = "roles/cloudbuild.builds.builder"
+  member     = "serviceAccount:${local.build_account}"
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_storage_bucket_iam_member" "build_account_reads_source" {
+  bucket = google_storage_bucket.source.name
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${local.build_account}"
 }

@@ -1,6 +1,6 @@
 output "role_arn" {
   description = "The IAM role the worker assumes (AWS_ROLE_ARN)."
-  value       = aws_iam_role.worker.arn
+  value       = module.aws_role.role_arn
 }
 
 output "service_account" {
@@ -32,7 +32,17 @@ output "dead_letter_topic" {
 output "first_job_command" {
   description = "Publish a first job, then (after a few seconds) read its result."
   value = join(" && \\\n  ", [
-    "gcloud pubsub topics publish ${google_pubsub_topic.jobs.name} --project=${var.project} --message='${jsonencode({ bucket = var.data_bucket, prefix = local.prefixes[0] })}'",
+    "gcloud pubsub topics publish ${google_pubsub_topic.jobs.name} --project=${var.project} --message='${module.plan.first_job_json}'",
     "gcloud pubsub subscriptions pull ${google_pubsub_subscription.results.name} --project=${var.project} --auto-ack --limit=10",
   ])
+}
+
+output "build_service_account" {
+  description = "The account Cloud Build builds the function as."
+  value       = local.build_account
+}
+
+output "http_function_url" {
+  description = "The HTTP entry point's URL (authenticated: an ID token of an http_invokers principal); null unless http_function."
+  value       = one(google_cloudfunctions2_function.http[*].service_config[0].uri)
 }

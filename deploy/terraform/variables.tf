@@ -89,6 +89,17 @@ variable "max_instances" {
   default     = 10
 }
 
+variable "concurrency" {
+  description = "Requests one instance serves at once (max_instance_request_concurrency); with max_instances, how many jobs run before Cloud Run answers 429."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.concurrency >= 1 && var.concurrency <= 1000
+    error_message = "concurrency must be between 1 and 1000."
+  }
+}
+
 variable "max_delivery_attempts" {
   description = "Deliveries of a job before it moves to the dead-letter topic (5 to 100)."
   type        = number
@@ -125,21 +136,31 @@ variable "schedule_time_zone" {
 }
 
 variable "scheduled_job" {
-  description = "The job the scheduler publishes (schemas/job.schema.json), such as { bucket = \"b\", prefix_template = \"events/dt={date-1d:%Y-%m-%d}/\" }; null publishes {bucket = data_bucket, prefix = the first of data_prefixes}."
+  description = "The job the scheduler publishes (schemas/job.schema.json), as an object such as { bucket = \"b\", prefix_template = \"events/dt={date-1d:%Y-%m-%d}/\", columns = [\"a\"] } or as a JSON string of one; null publishes {bucket = data_bucket, prefix = the first of the sorted data_prefixes}."
   type        = any
   default     = null
 }
 
 variable "build_service_account" {
-  description = "Service account email Cloud Build uses to build the function; null for the project's default."
+  description = "Email of an existing service account Cloud Build builds the function as; null creates a dedicated one (<name>-build). Either way it is granted roles/cloudbuild.builds.builder: the default build account of projects created since mid-2024 lacks it."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.build_service_account == null || can(regex("^[^@/]+@[^@/]+\\.iam\\.gserviceaccount\\.com$", var.build_service_account))
+    error_message = "build_service_account is a service account email (NAME@PROJECT.iam.gserviceaccount.com); the projects/P/serviceAccounts/ form is built from it."
+  }
 }
 
 variable "kms_key_name" {
-  description = "Cloud KMS key that encrypts the three topics (customer-managed); null for Google-managed encryption."
+  description = "Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K) that encrypts the three topics; null for Google-managed encryption. The Pub/Sub service agent is granted roles/cloudkms.cryptoKeyEncrypterDecrypter on it."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.kms_key_name == null || can(regex("^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$", var.kms_key_name))
+    error_message = "kms_key_name is a full key name: projects/P/locations/L/keyRings/R/cryptoKeys/K."
+  }
 }
 
 variable "allowed_reply_topics" {
@@ -151,4 +172,38 @@ variable "allowed_reply_topics" {
     condition     = alltrue([for t in var.allowed_reply_topics : can(regex("^projects/[^/]+/topics/[^/]+$", t))])
     error_message = "allowed_reply_topics are full topic names: projects/P/topics/T."
   }
+}
+
+variable "http_function" {
+  description = "Also deploy the HTTP entry point (handle_http) as <name>-http: jobs posted as JSON, answered with the result. Authenticated only: http_invokers may call it."
+  type        = bool
+  default     = false
+}
+
+variable "http_invokers" {
+  description = "Principals allowed to call the HTTP function (roles/run.invoker), such as \"serviceAccount:caller@p.iam.gserviceaccount.com\" or \"group:team@example.com\". Required when http_function is true; never allUsers."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.http_invokers : can(regex("^(user|group|serviceAccount|domain|principal|principalSet):.+", m))])
+    error_message = "http_invokers are named principals (user:, group:, serviceAccount:, domain:, principal:, principalSet:); allUsers and allAuthenticatedUsers are refused."
+  }
+}
+
+variable "http_ingress_settings" {
+  description = "Who may reach the HTTP function's URL at the network level (IAM still decides who may call it): ALLOW_INTERNAL_ONLY (VPC and Google services of the project's perimeter), ALLOW_INTERNAL_AND_GCLB, or ALLOW_ALL."
+  type        = string
+  default     = "ALLOW_INTERNAL_ONLY"
+
+  validation {
+    condition     = contains(["ALLOW_ALL", "ALLOW_INTERNAL_ONLY", "ALLOW_INTERNAL_AND_GCLB"], var.http_ingress_settings)
+    error_message = "http_ingress_settings is ALLOW_ALL, ALLOW_INTERNAL_ONLY or ALLOW_INTERNAL_AND_GCLB."
+  }
+}
+
+variable "service_agent_wait" {
+  description = "How long to wait after creating the Pub/Sub and Cloud Scheduler service agents before granting them roles (a new agent takes a while to be known to IAM)."
+  type        = string
+  default     = "60s"
 }

@@ -22,22 +22,28 @@ def _unquote(value):
 
 
 def load() -> dict:
-    """Every block of every .tf file: {"resource": {type: {name: body}}, "data": ..., "variable": {name: body},
+    """Every block of every .tf file (the root module's, then its modules'):
+    {"resource": {type: {name: body}}, "data": ..., "variable": {name: body},
     "locals": {...}, "output": {name: body}}; string literals without their quotes."""
     merged: dict = {"resource": {}, "data": {}, "variable": {}, "locals": {}, "output": {}, "terraform": [],
-                    "provider": []}
-    for path in sorted(TERRAFORM.glob("*.tf")):
+                    "provider": [], "module": {}}
+    for path in sorted(TERRAFORM.glob("*.tf")) + sorted(TERRAFORM.glob("modules/*/*.tf")):
         with open(path, encoding="utf-8") as f:
             parsed = _unquote(hcl2.load(f))
         for kind in ("resource", "data"):
             for block in parsed.get(kind, []):
                 for type_, named in block.items():
                     merged[kind].setdefault(type_, {}).update(named)
+        in_module = "modules" in path.relative_to(TERRAFORM).parts
         for kind in ("variable", "output"):
             for block in parsed.get(kind, []):
-                merged[kind].update(block)
+                for name, body in block.items():  # the root module's own win over its modules'
+                    merged[kind][name] = merged[kind].get(name, body) if in_module else body
+        for block in parsed.get("module", []):
+            for name, body in block.items():
+                merged["module"].setdefault(name, []).append(body)
         for block in parsed.get("locals", []):
-            merged["locals"].update(block)
+            merged["locals"].update({k: v for k, v in block.items() if not (in_module and k in merged["locals"])})
         merged["terraform"] += parsed.get("terraform", [])
         merged["provider"] += parsed.get("provider", [])
     return merged

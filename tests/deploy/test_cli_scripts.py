@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy" / "cli" / "deploy.sh"
 ROLE = "arn:aws:iam::123456789012:role/parquet-summary"
 # A gcloud command where a statement starts (not inside a message): its command words, then its arguments.
-GCLOUD_CALL = re.compile(r"(?:^\s*|\$\(\s*|exists |&& |; |\(cd \S+ && )gcloud ((?:[a-z][a-z-]* )+)([^;|)]*)")
+GCLOUD_CALL = re.compile(r"(?:^\s*|\$\(\s*|exists |grant_to_agent |&& |; |\(cd \S+ && )"
+                         r"gcloud ((?:[a-z][a-z-]* )+)([^;|)]*)")
 
 
 def bash(script: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -38,7 +39,7 @@ def test_the_function_settings_of_the_cli_path_are_read_by_the_worker_and_match_
     assert settings.allowed_reply_topics == {"projects/my-project/topics/stage-2"}
 
     tf = load()
-    scope = {"aws_iam_role.worker.arn": ROLE, "local.audience": "//iam.amazonaws.com/parquet-summary",
+    scope = {"module.aws_role.role_arn": ROLE, "local.audience": "//iam.amazonaws.com/parquet-summary",
              "google_pubsub_topic.results.id": "projects/my-project/topics/parquet-summary-results",
              "var.project": "my-project", "var.aws_region": "eu-west-1", "var.data_bucket": "my-data",
              "tostring(var.timeout_seconds - 60)": "480", "var.schedule_time_zone": "Etc/UTC",
@@ -48,12 +49,13 @@ def test_the_function_settings_of_the_cli_path_are_read_by_the_worker_and_match_
 
 def test_the_defaults_of_both_paths_agree():
     run = bash(f'source "{DEPLOY}" && settings && echo "$NAME|$REGION|$AWS_REGION|$PYTHON_RUNTIME|$TIMEOUT_SECONDS|'
-               '$MEMORY|$CPU|$MAX_INSTANCES|$MAX_DELIVERY_ATTEMPTS|$MIN_RETRY_DELAY|$MAX_RETRY_DELAY|$SCHEDULE|'
+               '$MEMORY|$CPU|$MAX_INSTANCES|$CONCURRENCY|$MAX_DELIVERY_ATTEMPTS|$MIN_RETRY_DELAY|$MAX_RETRY_DELAY|$SCHEDULE|'
                '$SCHEDULE_TIME_ZONE"', {"PROJECT": "p", "DATA_BUCKET": "b"})
     assert run.returncode == 0, run.stderr
     variables = load()["variable"]
     names = ("name", "region", "aws_region", "python_runtime", "timeout_seconds", "memory", "cpu", "max_instances",
-             "max_delivery_attempts", "minimum_backoff", "maximum_backoff", "schedule", "schedule_time_zone")
+             "concurrency", "max_delivery_attempts", "minimum_backoff", "maximum_backoff", "schedule",
+             "schedule_time_zone")
     assert run.stdout.strip().split("|") == [str(variables[n]["default"]) for n in names]
 
 

@@ -1,19 +1,17 @@
 """deploy/terraform, checked offline: parsed with python-hcl2, its invariants asserted, its policies
-rendered and compared with worker/policies.py, its function settings read by worker/config.py."""
+rendered and compared with worker/policies.py, its function settings read by worker/config.py. What the
+terraform binary itself checks is in test_terraform_binary.py."""
 
 from __future__ import annotations
 
 import ast
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
-from jsonschema import Draft202012Validator
 
 from worker.config import Settings
-from worker.jobs import load_schema
 from worker.policies import permissions_policy, trust_policy
 
 from .terraform import TERRAFORM, evaluate, load, policy_json, simplified
@@ -32,17 +30,20 @@ def resources(tf, type_: str) -> dict:
 
 
 def test_the_trust_policy_is_the_one_the_worker_prints(tf):
-    scope = {"google_service_account.worker.unique_id": UNIQUE_ID, "local.audience": "//iam.amazonaws.com/w"}
+    scope = {"var.service_account_unique_id": UNIQUE_ID, "var.audience": "//iam.amazonaws.com/w"}
     rendered = policy_json(tf["data"]["aws_iam_policy_document"]["trust"], scope)
     assert rendered == simplified(trust_policy(UNIQUE_ID, "//iam.amazonaws.com/w"))
     # ... built from the service account resource's unique ID and the audience variable
     assert tf["locals"]["audience"].startswith("${coalesce(var.id_token_audience,")
     assert resources(tf, "aws_iam_role")["worker"]["assume_role_policy"] == "${data.aws_iam_policy_document.trust.json}"
+    (role,) = tf["module"]["aws_role"]
+    assert role["service_account_unique_id"] == "${google_service_account.worker.unique_id}"
+    assert role["audience"] == "${local.audience}" and role["prefixes"] == "${module.plan.prefixes}"
 
 
 @pytest.mark.parametrize("prefixes", [["events/", "exports/daily/"], [""], ["only/"]])
 def test_the_s3_policy_is_limited_to_the_bucket_and_prefixes(tf, prefixes):
-    scope = {"var.data_bucket": "my-data", "local.prefixes": prefixes}
+    scope = {"var.data_bucket": "my-data", "var.prefixes": prefixes}
     rendered = policy_json(tf["data"]["aws_iam_policy_document"]["read_parquet"], scope)
     assert rendered == simplified(permissions_policy("my-data", prefixes))
     assert tf["locals"]["prefixes"] == '${length(var.data_prefixes) > 0 ? sort(distinct(var.data_prefixes)) : [""]}'
@@ -55,9 +56,14 @@ def test_no_aws_user_key_or_google_key_anywhere(tf):
     forbidden = {"aws_iam_user", "aws_iam_access_key", "aws_iam_user_policy", "aws_iam_user_policy_attachment",
                  "aws_iam_user_login_profile", "google_service_account_key"}
     assert not forbidden & set(tf["resource"])
-    text = "\n".join(p.read_text() for p in TERRAFORM.glob("*.tf"))
+    text = "\n".join(p.read_text() for p in TERRAFORM.rglob("*.tf") if ".terraform" not in p.parts)
     assert not re.search(r"AKIA[0-9A-Z]{16}|secret_key|access_key|private_key", text)
-    assert not any("google_project_iam" in t for t in tf["resource"]), "no project-wide roles"
+    # One project-wide role only: Cloud Build's own, to the account that builds the function.
+    project_grants = {t: r for t in tf["resource"] if t.startswith("google_project_iam")
+                      for r in resources(tf, t).values()}
+    assert project_grants == {"google_project_iam_member": {
+        "project": "${var.project}", "role": "roles/cloudbuild.builds.builder",
+        "member": "serviceAccount:${local.build_account}", "depends_on": ["${google_project_service.apis}"]}}
 
 
 def test_jobs_are_delivered_with_retries_and_a_dead_letter_topic(tf):
@@ -83,8 +89,12 @@ def test_jobs_are_delivered_with_retries_and_a_dead_letter_topic(tf):
     grants = {(r["role"], r.get("topic", r.get("subscription")), r["member"])
               for t in ("google_pubsub_topic_iam_member", "google_pubsub_subscription_iam_member")
               for r in resources(tf, t).values()}
-    assert ("roles/pubsub.publisher", "${google_pubsub_topic.dead_letter.name}", "${local.pubsub_sa}") in grants
-    assert ("roles/pubsub.subscriber", "${google_pubsub_subscription.jobs.name}", "${local.pubsub_sa}") in grants
+    assert ("roles/pubsub.publisher", "${google_pubsub_topic.dead_letter.name}", "${local.pubsub_agent}") in grants
+    assert ("roles/pubsub.subscriber", "${google_pubsub_subscription.jobs.name}", "${local.pubsub_agent}") in grants
+    # ... once the agent exists: created (generateServiceIdentity) and given time to reach IAM.
+    assert tf["locals"]["pubsub_agent"] == 'serviceAccount:${time_sleep.service_agents.triggers["pubsub"]}'
+    assert resources(tf, "time_sleep")["service_agents"]["triggers"]["pubsub"] == \
+        "${google_project_service_identity.pubsub.email}"
 
 
 def test_the_function_is_the_pubsub_entry_point_within_540_seconds_and_internal(tf):
@@ -102,12 +112,15 @@ def test_the_function_is_the_pubsub_entry_point_within_540_seconds_and_internal(
     assert service["ingress_settings"] == "ALLOW_INTERNAL_ONLY"
     assert service["service_account_email"] == "${google_service_account.worker.email}"
     assert service["max_instance_count"] == "${var.max_instances}"
+    assert service["max_instance_request_concurrency"] == "${var.concurrency}"
+    # Cloud Build builds it as a named account, given by its full name (not its email).
+    assert build["service_account"] == "projects/${var.project}/serviceAccounts/${local.build_account}"
 
 
 def test_the_function_settings_are_what_the_worker_reads(tf):
     service = resources(tf, "google_cloudfunctions2_function")["worker"]["service_config"][0]
     assert service["environment_variables"] == "${local.environment}"
-    scope = {"aws_iam_role.worker.arn": "arn:aws:iam::123456789012:role/parquet-summary",
+    scope = {"module.aws_role.role_arn": "arn:aws:iam::123456789012:role/parquet-summary",
              "local.audience": "//iam.amazonaws.com/parquet-summary",
              "google_pubsub_topic.results.id": "projects/my-project/topics/parquet-summary-results",
              "var.project": "my-project", "var.aws_region": "eu-west-1", "var.data_bucket": "my-data",
@@ -116,7 +129,7 @@ def test_the_function_settings_are_what_the_worker_reads(tf):
              'join(",", var.allowed_reply_topics)': "projects/my-project/topics/stage-2"}
     env = {k: evaluate(v, scope) for k, v in tf["locals"]["environment"].items()}
     settings = Settings.from_env(env)  # raises ConfigError on any bad value
-    assert settings.role_arn == scope["aws_iam_role.worker.arn"]
+    assert settings.role_arn == scope["module.aws_role.role_arn"]
     assert settings.reply_topic == scope["google_pubsub_topic.results.id"]
     assert settings.region == "eu-west-1" and settings.allowed_buckets == {"my-data"}
     assert settings.job_deadline_seconds == 480 < tf["variable"]["timeout_seconds"]["default"]
@@ -140,40 +153,59 @@ def test_the_worker_account_may_only_publish_results(tf):
     assert tf["locals"]["environment"]["ALLOWED_REPLY_TOPICS"] == '${join(",", var.allowed_reply_topics)}'
 
 
-def test_the_scheduler_publishes_a_valid_job_to_the_jobs_topic(tf):
-    (target,) = resources(tf, "google_cloud_scheduler_job")["jobs"]["pubsub_target"]
+def test_the_scheduler_publishes_the_plan_modules_job_to_the_jobs_topic(tf):
+    scheduler = resources(tf, "google_cloud_scheduler_job")["jobs"]
+    (target,) = scheduler["pubsub_target"]
     assert target["topic_name"] == "${google_pubsub_topic.jobs.id}"
-    default = re.search(r"\{bucket = var\.data_bucket, prefix = local\.prefixes\[0\]\}", target["data"])
-    assert default, target["data"]
-    for prefix in ("", "events/"):
-        Draft202012Validator(load_schema("job")).validate({"bucket": "my-data", "prefix": prefix})
+    # The job itself (default or given) is computed in modules/plan: test_terraform_binary.py evaluates it.
+    assert target["data"] == "${base64encode(module.plan.scheduled_job_json)}"
     assert tf["variable"]["schedule"]["default"].count(" ") == 4  # a five-field cron
     # The schedule that produced a result is one of its pass-through attributes.
-    assert target["attributes"] == {"schedule": "${var.name}-schedule"}
+    assert target["attributes"] == {"schedule": "${local.names.scheduler_job}"}
     # Template dates are taken in the cron's own zone.
     assert tf["locals"]["environment"]["TEMPLATE_TIME_ZONE"] == "${var.schedule_time_zone}"
+    # No schedule: no scheduler job, no scheduler agent, no grant to it.
+    no_schedule = "${var.schedule == null ? 0 : 1}"
+    assert scheduler["count"] == no_schedule
+    assert resources(tf, "google_pubsub_topic_iam_member")["scheduler_publishes_jobs"]["count"] == no_schedule
+    assert resources(tf, "google_project_service_identity")["scheduler"]["count"] == no_schedule
+
+
+def test_a_customer_managed_key_is_usable_by_pubsub_before_the_topics_exist(tf):
+    (grant,) = [resources(tf, "google_kms_crypto_key_iam_member")["pubsub_uses_key"]]
+    assert grant["count"] == "${var.kms_key_name == null ? 0 : 1}"
+    assert (grant["crypto_key_id"], grant["role"], grant["member"]) == (
+        "${var.kms_key_name}", "roles/cloudkms.cryptoKeyEncrypterDecrypter", "${local.pubsub_agent}")
+    for topic in resources(tf, "google_pubsub_topic").values():
+        assert topic["kms_key_name"] == "${var.kms_key_name}"
+        assert "${google_kms_crypto_key_iam_member.pubsub_uses_key}" in topic["depends_on"]
+
+
+def test_the_http_entry_point_is_optional_and_never_public(tf):
+    http = resources(tf, "google_cloudfunctions2_function")["http"]
+    assert http["count"] == "${var.http_function ? 1 : 0}" and tf["variable"]["http_function"]["default"] is False
+    assert http["build_config"][0]["entry_point"] == "handle_http"
+    assert "length(var.http_invokers) > 0" in http["lifecycle"][0]["precondition"][0]["condition"]
+    invokers = resources(tf, "google_cloud_run_v2_service_iam_member")["http_invokers"]
+    assert (invokers["role"], invokers["member"]) == ("roles/run.invoker", "${each.value}")
+    assert invokers["for_each"] == "${var.http_function ? toset(var.http_invokers) : toset([])}"
+    # Only named principals: the validation refuses allUsers and allAuthenticatedUsers.
+    condition = tf["variable"]["http_invokers"]["validation"][0]["condition"]
+    pattern = re.search(r'regex\("(.+?)", m\)', condition).group(1).replace("\\\\", "\\")
+    assert not re.match(pattern, "allUsers") and not re.match(pattern, "allAuthenticatedUsers")
+    assert re.match(pattern, "group:team@example.com")
+    text = "\n".join(p.read_text() for p in TERRAFORM.rglob("*.tf"))
+    assert '"allUsers"' not in text and '"allAuthenticatedUsers"' not in text
 
 
 def test_outputs_give_the_role_topics_and_a_first_job_command(tf):
     assert {"role_arn", "jobs_topic", "results_topic", "first_job_command"} <= set(tf["output"])
-    assert tf["output"]["role_arn"]["value"] == "${aws_iam_role.worker.arn}"
+    assert tf["output"]["role_arn"]["value"] == "${module.aws_role.role_arn}"
     assert "gcloud pubsub topics publish" in tf["output"]["first_job_command"]["value"]
 
 
-def test_the_uploaded_source_is_the_same_for_terraform_and_gcloud(tf):
-    # Terraform zips fileset(include) - fileset(exclude); gcloud uploads what .gcloudignore lets through.
-    shape = r'\$\{setsubtract\(fileset\(local\.repo, "\{([^}]*)\}"\), fileset\(local\.repo, "([^"]+)"\)\)\}'
-    match = re.fullmatch(shape, tf["locals"]["source_files"])
-    assert match, tf["locals"]["source_files"]
-    include, exclude = match.group(1).split(","), match.group(2)
-
-    def glob(pattern: str) -> set[str]:  # Terraform's fileset: a trailing ** matches every file below
-        found = (REPO / pattern[:-3]).rglob("*") if pattern.endswith("/**") else REPO.glob(pattern)
-        return {str(p.relative_to(REPO)) for p in found if p.is_file() and "__pycache__" not in p.parts}
-
-    terraform = set().union(*(glob(p) for p in include)) - glob(exclude)
-    listed = subprocess.run(["gcloud", "meta", "list-files-for-upload", str(REPO)], capture_output=True, text=True,
-                            check=True, timeout=120).stdout.split()
-    assert {p for p in listed if "__pycache__" not in p} == terraform
-    assert {"main.py", "requirements.txt", "schemas/job.schema.json", "worker/service.py"} <= terraform
-    assert not [p for p in terraform if p.startswith(("tests/", "bench/", ".venv", "deploy/", "worker/devstack/"))]
+def test_the_function_zips_the_files_modules_plan_lists(tf):
+    # The list itself is computed by Terraform and compared with gcloud's in test_terraform_binary.py.
+    (archive,) = [tf["data"]["archive_file"]["source"]]
+    assert archive["dynamic"][0]["source"]["for_each"] == "${module.plan.source_files}"
+    assert tf["module"]["plan"][0]["source_dir"] == "${local.repo}"
