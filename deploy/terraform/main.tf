@@ -24,6 +24,9 @@ locals {
     JOB_DEADLINE_SECONDS = tostring(var.timeout_seconds - 60)
     TEMPLATE_TIME_ZONE   = var.schedule_time_zone
     ALLOWED_REPLY_TOPICS = join(",", var.allowed_reply_topics)
+    # functions-framework's own variable: gunicorn threads, so that every request Cloud Run sends runs
+    # at once (its default is 4 per CPU).
+    THREADS = tostring(var.concurrency)
   }
 }
 

@@ -90,9 +90,9 @@ variable "max_instances" {
 }
 
 variable "concurrency" {
-  description = "Requests one instance serves at once (max_instance_request_concurrency); with max_instances, how many jobs run before Cloud Run answers 429."
+  description = "Requests one instance serves at once (max_instance_request_concurrency); with max_instances, how many jobs run before Cloud Run answers 429. 8 suits metadata jobs, which wait on S3 round trips; use 1 for full-mode workloads, which are CPU-bound (README: Bursts)."
   type        = number
-  default     = 1
+  default     = 8
 
   validation {
     condition     = var.concurrency >= 1 && var.concurrency <= 1000
@@ -101,9 +101,9 @@ variable "concurrency" {
 }
 
 variable "max_delivery_attempts" {
-  description = "Deliveries of a job before it moves to the dead-letter topic (5 to 100)."
+  description = "Deliveries of a job before it moves to the dead-letter topic (5 to 100). Cloud Run's 429s in a burst count as deliveries: 30, with 10-600 s backoff, survives about 4 h of refusals (README: Bursts); permanent errors are answered, never retried."
   type        = number
-  default     = 5
+  default     = 30
 
   validation {
     condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100

@@ -43,7 +43,8 @@ def test_the_function_settings_of_the_cli_path_are_read_by_the_worker_and_match_
              "google_pubsub_topic.results.id": "projects/my-project/topics/parquet-summary-results",
              "var.project": "my-project", "var.aws_region": "eu-west-1", "var.data_bucket": "my-data",
              "tostring(var.timeout_seconds - 60)": "480", "var.schedule_time_zone": "Etc/UTC",
-             'join(",", var.allowed_reply_topics)': "projects/my-project/topics/stage-2"}
+             'join(",", var.allowed_reply_topics)': "projects/my-project/topics/stage-2",
+             "tostring(var.concurrency)": "8"}
     assert env == {k: evaluate(v, scope) for k, v in tf["locals"]["environment"].items()}
 
 

@@ -11,6 +11,7 @@ import random
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -61,7 +62,8 @@ class RecordingProxy:
     def __init__(self, upstream: str | list[str], *, fail_rate: float = 0.0, seed: int = 0,
                  should_fail: Callable[[str, str], bool] | None = None,
                  answer: Callable[[str, str, bytes], tuple[int, bytes] | None] | None = None, port: int = 0,
-                 bucket_regions: dict[str, str] | None = None, wrong_region: str = "redirect"):
+                 bucket_regions: dict[str, str] | None = None, wrong_region: str = "redirect",
+                 delay_s: float = 0.0):
         # Several upstreams are taken in turn: a load balancer in front of function instances.
         self.upstreams = [(p.hostname or "127.0.0.1", p.port or 80)
                           for p in map(urlsplit, [upstream] if isinstance(upstream, str) else upstream)]
@@ -75,6 +77,8 @@ class RecordingProxy:
         # bucket's region in an x-amz-bucket-region header and in the body. moto itself ignores regions.
         self.bucket_regions = dict(bucket_regions or {})
         self.wrong_region = wrong_region
+        # Added to every forwarded request: the round trip from Google Cloud to AWS that moto on localhost lacks.
+        self.delay_s = delay_s
         self.seen: list[Seen] = []
         self._random = random.Random(seed)  # noqa: S311 (a reproducible fault pattern, not a secret)
         self._lock = threading.Lock()
@@ -170,6 +174,8 @@ def _handler_for(proxy: RecordingProxy) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 self.wfile.write(_SLOW_DOWN)
                 return
+            if proxy.delay_s:
+                time.sleep(proxy.delay_s)
             # The Host header is passed on unchanged: the client signed it.
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
             # One upstream connection per client connection, kept alive across its requests; a kept one
