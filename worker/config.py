@@ -30,6 +30,7 @@ ID_TOKEN_SERVICE_ACCOUNT = "ID_TOKEN_SERVICE_ACCOUNT"
 ID_TOKEN_FILE = "ID_TOKEN_FILE"
 TOKEN_SOURCES = ("metadata", "impersonate", "file")
 FULL_MODE_CONCURRENCY = "FULL_MODE_CONCURRENCY"
+FULL_MODE_JOBS = "FULL_MODE_JOBS"
 ALLOWED_REPLY_TOPICS = "ALLOWED_REPLY_TOPICS"
 TEMPLATE_TIME_ZONE = "TEMPLATE_TIME_ZONE"
 AWS_MAX_ATTEMPTS = "AWS_MAX_ATTEMPTS"
@@ -58,6 +59,7 @@ class Settings:
     sts_duration_seconds: int = 3600
     job_deadline_seconds: int = 480
     full_mode_concurrency: int = 2
+    full_mode_jobs: int = 1
     token_source: str = "metadata"
     token_service_account: str | None = None
     token_file: str | None = None
@@ -126,6 +128,9 @@ class Settings:
         deadline = _int(get(JOB_DEADLINE_SECONDS), JOB_DEADLINE_SECONDS, 480, 1, 3600, problems)
         # Full mode is CPU-bound: objects in flight beyond the cores only add memory.
         full_concurrency = _int(get(FULL_MODE_CONCURRENCY), FULL_MODE_CONCURRENCY, 2, 1, 64, problems)
+        # An instance serves several requests at once (metadata jobs wait on S3); full-mode jobs are CPU- and
+        # memory-bound, so at most this many run at once and the others wait their turn inside the instance.
+        full_jobs = _int(get(FULL_MODE_JOBS), FULL_MODE_JOBS, 1, 1, 64, problems)
         # Pub/Sub takes 10 MB per publish request, attributes included; a larger result is reduced (results.fit).
         result_max_bytes = _int(get(RESULT_MAX_BYTES), RESULT_MAX_BYTES, 9_000_000, 10_000, 9_500_000, problems)
         # Bounds against hostile files (worker.summary.Limits): each costs that file, never the instance.
@@ -152,6 +157,7 @@ class Settings:
             sts_duration_seconds=duration,
             job_deadline_seconds=deadline,
             full_mode_concurrency=full_concurrency,
+            full_mode_jobs=full_jobs,
             token_source=source,
             token_service_account=get(ID_TOKEN_SERVICE_ACCOUNT) or None,
             token_file=get(ID_TOKEN_FILE) or None,

@@ -72,6 +72,9 @@ class Worker:
         self.settings = settings
         self.storage = storage
         self.publisher = publisher
+        # Full-mode jobs take turns (FULL_MODE_JOBS at once): with request concurrency above 1, a burst of
+        # them would otherwise run side by side on one vCPU, each slower, holding all their memory at once.
+        self._full_turns = threading.BoundedSemaphore(settings.full_mode_jobs)
 
     # -- entry points -----------------------------------------------------------------
 
@@ -161,6 +164,24 @@ class Worker:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         deadline = time.monotonic() + self.settings.job_deadline_seconds
+        if job.mode != "full":
+            return self._run(job, on_progress, timings, started, deadline)
+        # Wait for a turn at most half the deadline (the wait counts toward the request's own timeout);
+        # then hand the job back to Pub/Sub rather than start it too late to finish.
+        if not self._full_turns.acquire(timeout=self.settings.job_deadline_seconds / 2):
+            log.warning("full-mode job handed back: the instance is busy with others",
+                        extra={"fields": _ids(job) | {"code": "unavailable"}})
+            raise Retryable(f"the instance ran {self.settings.full_mode_jobs} full-mode job(s) for "
+                            f"{self.settings.job_deadline_seconds / 2:.0f}s; try again later",
+                            details={"step": "waiting for a full-mode turn"})
+        try:
+            timings["queued"] = _ms_since(started)
+            return self._run(job, on_progress, timings, started, deadline)
+        finally:
+            self._full_turns.release()
+
+    def _run(self, job: Job, on_progress: Progress | None, timings: dict[str, float], started: float,
+             deadline: float) -> dict:
         stage = "checking the job"
         try:
             if self.settings.allowed_buckets and job.bucket not in self.settings.allowed_buckets:

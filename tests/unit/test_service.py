@@ -200,3 +200,52 @@ def test_one_object_that_reaches_the_deadline_is_answered_deadline_exceeded():
     result = Worker(settings, _StubStorage(store)).run(Job(bucket="b-1", prefix="d/", job_id="j", mode="full"))
     assert result["status"] == "error" and result["error"]["code"] == "deadline_exceeded"
     assert result["error"]["details"]["files_read"] == 0 and result["error"]["details"]["files_total"] == 1
+
+
+def test_full_mode_jobs_take_turns_and_one_that_waits_too_long_is_handed_back():
+    """With request concurrency above 1, full-mode jobs run FULL_MODE_JOBS at a time; one that cannot get a
+    turn within half its deadline is handed back to Pub/Sub (Retryable), never started too late."""
+    import threading
+    import time as clock
+
+    from worker.errors import Retryable
+
+    class Tracking(MemoryStore):
+        def __init__(self, objects, hold):
+            super().__init__(objects)
+            self.hold, self.running, self.most = hold, 0, 0
+            self.lock = threading.Lock()
+
+        def fetch(self, key, start, end):
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            clock.sleep(self.hold)
+            with self.lock:
+                self.running -= 1
+            return super().fetch(key, start, end)
+
+    def jobs_at_once(settings, hold):
+        store = Tracking({"d/only.parquet": parquet_bytes(events_table(1, 50))}, hold)
+        worker = Worker(settings, _StubStorage(store))
+        results, errors = [], []
+
+        def one(i):
+            try:
+                results.append(worker.run(Job(bucket="b-1", prefix="d/", job_id=f"j{i}", mode="full")))
+            except Retryable as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return store, results, errors
+
+    store, results, errors = jobs_at_once(Settings(role_arn="", audience=""), 0.05)
+    assert store.most == 1 and not errors and all(r["status"] == "ok" for r in results) and len(results) == 3
+    assert all("queued" in r["timings_ms"] for r in results)
+    store, results, errors = jobs_at_once(Settings(role_arn="", audience="", job_deadline_seconds=1), 0.4)
+    assert store.most == 1 and len(results) + len(errors) == 3 and errors  # 0.8 s per job, 0.5 s to wait
+    assert errors[0].code == "unavailable" and errors[0].retryable
