@@ -99,7 +99,7 @@ resource "time_sleep" "service_agents" {
 resource "google_service_account" "worker" {
   project      = var.project
   account_id   = local.names.worker_account
-  display_name = "Parquet summary worker (federates into AWS role ${local.role_name})"
+  display_name = substr("Parquet summary worker (federates into AWS role ${local.role_name})", 0, 100) # IAM's limit
   depends_on   = [google_project_service.apis]
 }
 
@@ -130,7 +130,7 @@ resource "google_pubsub_topic" "jobs" {
   name         = local.names.jobs_topic
   kms_key_name = var.kms_key_name
   # With a customer-managed key, topic creation fails unless the Pub/Sub service agent may use it.
-  depends_on = [google_project_service.apis, google_kms_crypto_key_iam_member.pubsub_uses_key]
+  depends_on = [google_project_service.apis, time_sleep.key_grant]
 }
 
 resource "google_pubsub_topic" "results" {
@@ -139,7 +139,7 @@ resource "google_pubsub_topic" "results" {
   name         = local.names.results_topic
   kms_key_name = var.kms_key_name
   # With a customer-managed key, topic creation fails unless the Pub/Sub service agent may use it.
-  depends_on = [google_project_service.apis, google_kms_crypto_key_iam_member.pubsub_uses_key]
+  depends_on = [google_project_service.apis, time_sleep.key_grant]
 }
 
 resource "google_pubsub_topic" "dead_letter" {
@@ -148,7 +148,7 @@ resource "google_pubsub_topic" "dead_letter" {
   name         = local.names.dead_letter_topic
   kms_key_name = var.kms_key_name
   # With a customer-managed key, topic creation fails unless the Pub/Sub service agent may use it.
-  depends_on = [google_project_service.apis, google_kms_crypto_key_iam_member.pubsub_uses_key]
+  depends_on = [google_project_service.apis, time_sleep.key_grant]
 }
 
 # Messages on a topic with no subscription are dropped: keep results and dead letters for a week.
@@ -188,6 +188,15 @@ resource "google_storage_bucket" "source" {
   lifecycle_rule {
     condition {
       num_newer_versions = 3
+    }
+    action {
+      type = "Delete"
+    }
+  }
+  # Each source change is a new object name: the old archive is then a noncurrent version of its own.
+  lifecycle_rule {
+    condition {
+      days_since_noncurrent_time = 7
     }
     action {
       type = "Delete"
@@ -248,8 +257,14 @@ resource "google_cloudfunctions2_function" "worker" {
     environment_variables            = local.environment
   }
 
-  depends_on = [google_project_service.apis, google_project_iam_member.build_account_builds,
-  google_storage_bucket_iam_member.build_account_reads_source]
+  depends_on = [google_project_service.apis, time_sleep.build_grants]
+
+  lifecycle {
+    precondition {
+      condition     = var.concurrency == 1 || tonumber(var.cpu) >= 1
+      error_message = "concurrency above 1 needs cpu of at least 1 (Cloud Run's rule)."
+    }
+  }
 }
 
 # The HTTP entry point (jobs posted as JSON, answered with the result), when asked for: the same
@@ -292,8 +307,14 @@ resource "google_cloudfunctions2_function" "http" {
     }
   }
 
-  depends_on = [google_project_service.apis, google_project_iam_member.build_account_builds,
-  google_storage_bucket_iam_member.build_account_reads_source]
+  depends_on = [google_project_service.apis, time_sleep.build_grants]
+
+  lifecycle {
+    precondition {
+      condition     = var.concurrency == 1 || tonumber(var.cpu) >= 1
+      error_message = "concurrency above 1 needs cpu of at least 1 (Cloud Run's rule)."
+    }
+  }
 }
 
 # -- delivery: jobs topic -> push (OIDC) -> function, with retries and a dead-letter topic ------------
@@ -439,4 +460,18 @@ resource "google_storage_bucket_iam_member" "build_account_reads_source" {
   bucket = google_storage_bucket.source.name
   role   = "roles/storage.objectViewer"
   member = "serviceAccount:${local.build_account}"
+}
+
+# IAM grants take a while to take effect: a build that starts right after them fails to read its source
+# (the provider's own acceptance test waits for this). The functions wait for this instead.
+resource "time_sleep" "build_grants" {
+  create_duration = var.service_agent_wait
+  depends_on      = [google_project_iam_member.build_account_builds, google_storage_bucket_iam_member.build_account_reads_source]
+}
+
+# Likewise the key grant, before the topics are made with the key.
+resource "time_sleep" "key_grant" {
+  count           = var.kms_key_name == null ? 0 : 1
+  create_duration = var.service_agent_wait
+  depends_on      = [google_kms_crypto_key_iam_member.pubsub_uses_key]
 }

@@ -30,6 +30,11 @@ variable "aws_role_name" {
   description = "Name of the IAM role the worker assumes; defaults to var.name."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.aws_role_name == null || can(regex("^[\\w+=,.@-]{1,64}$", var.aws_role_name))
+    error_message = "aws_role_name must be an IAM role name: 1 to 64 of letters, digits and + = , . @ _ -."
+  }
 }
 
 variable "data_bucket" {

@@ -179,7 +179,18 @@ def test_a_customer_managed_key_is_usable_by_pubsub_before_the_topics_exist(tf):
         "${var.kms_key_name}", "roles/cloudkms.cryptoKeyEncrypterDecrypter", "${local.pubsub_agent}")
     for topic in resources(tf, "google_pubsub_topic").values():
         assert topic["kms_key_name"] == "${var.kms_key_name}"
-        assert "${google_kms_crypto_key_iam_member.pubsub_uses_key}" in topic["depends_on"]
+        assert "${time_sleep.key_grant}" in topic["depends_on"]  # the grant, and time for it to take effect
+    wait = resources(tf, "time_sleep")["key_grant"]
+    assert wait["count"] == grant["count"]
+    assert wait["depends_on"] == ["${google_kms_crypto_key_iam_member.pubsub_uses_key}"]
+
+
+def test_the_functions_build_only_once_the_build_accounts_grants_have_taken_effect(tf):
+    wait = resources(tf, "time_sleep")["build_grants"]
+    assert set(wait["depends_on"]) == {"${google_project_iam_member.build_account_builds}",
+                                       "${google_storage_bucket_iam_member.build_account_reads_source}"}
+    for function in resources(tf, "google_cloudfunctions2_function").values():
+        assert "${time_sleep.build_grants}" in function["depends_on"]
 
 
 def test_the_http_entry_point_is_optional_and_never_public(tf):
