@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--prefix", default="recipe/")
     args = parser.parse_args()
     base = deployed.load()
+    header = provenance(f"deploy/terraform: {base}")  # the commit and date the figures come from, before the run
     variants = [parse_variant(spec, base) for spec in args.variant]
     if args.instances:
         variants = [(n, s.but(max_instances=args.instances), rp) for n, s, rp in variants]
@@ -99,7 +100,7 @@ def main() -> None:
                                prefix=args.prefix, subscriptions=args.subscriptions)
             rows.append(row(name, report))
             print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
-    print("\n".join(provenance(f"deploy/terraform: {base}")))
+    print("\n".join(header))
     print(f"burst of {args.jobs} metadata jobs on s3://demo-data/{args.prefix} over {args.subscriptions} push "
           f"subscriptions, {os.cpu_count()} cores, pending timeout "
           f"{args.pending_timeout:g} s, S3 latency {args.s3_latency_ms:g} ms; survivable s = attempts x pending "

@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--cases", default="", help="comma-separated case names (default all)")
     parser.add_argument("--no-large", action="store_true", help="leave out the benchmark-only large cases")
     args = parser.parse_args()
+    header = provenance(f"settings: the worker's defaults; each run one whole process, capped at {args.timeout:.0f}s")
     with Launcher() as runner:  # first, while this process is small
         from worker.devstack.processes import Service, free_port
 
@@ -107,8 +108,7 @@ def main() -> None:
                            names=args.cases.split(",") if args.cases else None)
         finally:
             moto.stop()
-    print_table(provenance(f"settings: the worker's defaults; each run one whole process, capped at "
-                           f"{args.timeout:.0f}s"), rows)
+    print_table(header, rows)
 
 
 def measure(runner: Launcher, endpoint: str, *, timeout: float = 180, large: bool = True,

@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--no-hostile", action="store_true", help="leave out the hostile-file table")
     args = parser.parse_args()
     runner = Launcher()  # first, while this process is small
+    header = provenance()  # the commit and date the figures come from: taken before anything runs
     wanted = args.datasets.split(",")
     print("building datasets (cached in bench/data/)...", file=sys.stderr, flush=True)
     sets = {name: folder for name, folder in build_all().items() if name in wanted}
@@ -158,14 +159,14 @@ def main() -> None:
     finally:
         runner.close()
         moto.stop()
-    print_table(rows_out, args.repeat)
+    print_table(header, rows_out, args.repeat)
     if hostile is not None:
         print()
         hostile_bench.print_table(["hostile files, the worker's defaults, each run one whole process"], hostile)
 
 
-def print_table(rows: list[dict], repeat: int) -> None:
-    for line in provenance():
+def print_table(header: list[str], rows: list[dict], repeat: int) -> None:
+    for line in header:
         print(line)
     print()
     print(f"median of {repeat} runs per tool, each a whole process; peak RSS is the largest seen")
