@@ -25,6 +25,7 @@ settings() {
   CPU=${CPU:-1}
   MAX_INSTANCES=${MAX_INSTANCES:-10}
   CONCURRENCY=${CONCURRENCY:-8}
+  BUILD_GRANT_WAIT=${BUILD_GRANT_WAIT:-60}
   MAX_DELIVERY_ATTEMPTS=${MAX_DELIVERY_ATTEMPTS:-30}
   MIN_RETRY_DELAY=${MIN_RETRY_DELAY:-10s}
   MAX_RETRY_DELAY=${MAX_RETRY_DELAY:-600s}
@@ -116,12 +117,25 @@ deploy_function() {  # deploy_function NAME ENTRY_POINT INGRESS ENV_FILE DIGEST
   if [[ "$deployed" == "$5" ]]; then
     say "function $1: unchanged"
   else
-    gcloud functions deploy "$1" --gen2 --project="$PROJECT" --region="$REGION" --source="$REPO" \
-      --runtime="$PYTHON_RUNTIME" --entry-point="$2" --trigger-http --no-allow-unauthenticated \
-      --ingress-settings="$3" --service-account="$WORKER_SA" --timeout="${TIMEOUT_SECONDS}s" \
-      --build-service-account="projects/$PROJECT/serviceAccounts/$BUILD_SA" \
-      --memory="$MEMORY" --cpu="$CPU" --max-instances="$MAX_INSTANCES" --concurrency="$CONCURRENCY" \
-      --env-vars-file="$4" --update-labels="deploy-digest=$5" --quiet
+    local attempt output
+    for attempt in 1 2 3; do
+      if output=$(gcloud functions deploy "$1" --gen2 --project="$PROJECT" --region="$REGION" --source="$REPO" \
+          --runtime="$PYTHON_RUNTIME" --entry-point="$2" --trigger-http --no-allow-unauthenticated \
+          --ingress-settings="$3" --service-account="$WORKER_SA" --timeout="${TIMEOUT_SECONDS}s" \
+          --build-service-account="projects/$PROJECT/serviceAccounts/$BUILD_SA" \
+          --memory="$MEMORY" --cpu="$CPU" --max-instances="$MAX_INSTANCES" --concurrency="$CONCURRENCY" \
+          --env-vars-file="$4" --update-labels="deploy-digest=$5" --quiet 2>&1); then
+        break
+      fi
+      # The build account's role was granted moments ago on a first run, and IAM takes a while to apply it.
+      if (( attempt < 3 )) && grep -qiE "permission|denied|forbidden" <<<"$output"; then
+        say "function $1: the build was refused (a new IAM grant takes a while); again in ${BUILD_GRANT_WAIT}s"
+        sleep "$BUILD_GRANT_WAIT"
+        continue
+      fi
+      printf '%s\n' "$output" >&2
+      die "function $1: gcloud functions deploy failed"
+    done
     say "function $1: deployed"
   fi
 }
