@@ -83,37 +83,40 @@ class Worker:
         if self.publisher is None:
             self.settings.require_reply_topic()
             raise RuntimeError("no publisher configured")
-        job: Job | None = None
-        try:
-            job = job_from_pubsub(data, event_id, time_zone=self.settings.template_time_zone)
-            result = self._answer(job)
-        except InvalidJobMessage as e:
-            result = error_result(e.ref, e)
-        except Retryable:
-            raise
-        except Exception as e:  # noqa: BLE001 - a bug while parsing or answering: answered once, never retried
-            ref = job or _ref_of_event(data, event_id)
-            result = error_result(ref, self._incident(e, "parsing the job" if job is None else "answering the job",
-                                                      ref))
+        result, job = self._result_of(
+            lambda: job_from_pubsub(data, event_id, time_zone=self.settings.template_time_zone),
+            lambda: _ref_of_event(data, event_id))
         return self._publish(result, job)
 
     def handle_http(self, body: bytes) -> dict:
         """Answer one HTTP job synchronously; retryable faults become an error result too (HTTP 503)."""
-        job: Job | None = None
-        try:
-            job = parse_job(body, time_zone=self.settings.template_time_zone)
-            result = self._answer(job)
-        except InvalidJobMessage as e:
-            result = error_result(e.ref, e)
-        except Retryable as e:  # the caller sees 503 and may try again
-            result = error_result(job, e) if job is not None else error_result(JobRef(job_id=new_job_id()), e)
-        except Exception as e:  # noqa: BLE001 - the boundary: every request gets an answer
-            ref = job or JobRef(job_id=new_job_id())
-            result = error_result(ref, self._incident(e, "parsing the job" if job is None else "answering the job",
-                                                      ref))
+        result, _ = self._result_of(lambda: parse_job(body, time_zone=self.settings.template_time_zone),
+                                    lambda: JobRef(job_id=new_job_id()), answer_retryable=True)
         result = fit(result, self.settings.result_max_bytes)
         _log_result(result)
         return result
+
+    def _result_of(self, parse: Callable[[], Job], ref_of_message: Callable[[], JobRef], *,
+                   answer_retryable: bool = False) -> tuple[dict, Job | None]:
+        """The result of one message (and its job, if it parsed): the entry points' shared boundary.
+
+        Raises ``Retryable`` unless ``answer_retryable`` (HTTP, where the caller retries on a 503);
+        any other exception, a bug included, becomes an ``internal`` result naming its incident.
+        """
+        job: Job | None = None
+        try:
+            job = parse()
+            return self._answer(job), job
+        except InvalidJobMessage as e:
+            return error_result(e.ref, e), None
+        except Retryable as e:
+            if not answer_retryable:
+                raise
+            return error_result(job or ref_of_message(), e), job
+        except Exception as e:  # noqa: BLE001 - a bug while parsing or answering: answered once, never retried
+            ref = job or ref_of_message()
+            stage = "parsing the job" if job is None else "answering the job"
+            return error_result(ref, self._incident(e, stage, ref)), job
 
     def _answer(self, job: Job) -> dict:
         """The result of a valid job: an error result for a refused reply topic, else the job's run."""
