@@ -67,13 +67,21 @@ def error_result(ref: Job | JobRef, error: WorkerError, timings: dict[str, float
     return {**_base(ref, ERROR, timings), "error": error.to_dict()}
 
 
+_NOT_STRICT = (ValueError, TypeError, UnicodeEncodeError)  # what _encode raises for a value that is not strict JSON
+
+
+def _encode(value: Any) -> bytes:
+    """Compact JSON in UTF-8; raises _NOT_STRICT for NaN/Infinity, a lone surrogate or a non-JSON type."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
 def to_json(result: dict) -> bytes:
     """A result as compact, strict JSON in UTF-8 (no NaN or Infinity tokens, no lone surrogates)."""
     try:
-        return json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except (ValueError, TypeError, UnicodeEncodeError):
+        return _encode(result)
+    except _NOT_STRICT:
         # Rendering already makes every figure JSON; this is the net under it, for whatever slipped by.
-        return json.dumps(strict(result), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return _encode(strict(result))
 
 
 def strict(value: Any) -> Any:
@@ -109,10 +117,10 @@ def fit(result: dict, max_bytes: int = DEFAULT_RESULT_MAX_BYTES) -> dict:
     the echo goes too; an error result keeps its code and message.
     """
     try:  # the usual case, all in C: already strict
-        size = len(json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8"))
-    except (ValueError, TypeError, UnicodeEncodeError):
+        size = len(_encode(result))
+    except _NOT_STRICT:
         result = strict(result)
-        size = len(to_json(result))
+        size = len(_encode(result))
     if size <= max_bytes:
         return result
     reduced = dict(result)
@@ -152,7 +160,7 @@ def fit(result: dict, max_bytes: int = DEFAULT_RESULT_MAX_BYTES) -> dict:
 
 
 def _size(value: Any) -> int:
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    return len(_encode(value))  # value is part of a result fit() has made strict
 
 
 def _cut(section: list | dict, budget: int) -> tuple[list | dict, int]:
