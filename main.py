@@ -27,7 +27,7 @@ def handle_pubsub(event):
     Returning acknowledges the message (a result was published, ok or error); raising
     answers 500 so that Pub/Sub redelivers (a retryable fault).
     """
-    get_worker(SETTINGS).handle_pubsub(event.data, event["id"])
+    get_worker(SETTINGS).handle_pubsub(event.data, event["id"], source=event["source"])
 
 
 @functions_framework.http

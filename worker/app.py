@@ -42,7 +42,22 @@ def build_worker(settings: Settings) -> Worker:
         from worker.adapters.pubsub import ResultPublisher
 
         publisher = ResultPublisher(settings.reply_topic)
-    return Worker(settings, storage, publisher)
+    return Worker(settings, storage, publisher, build_stores(settings))
+
+
+def build_stores(settings: Settings):
+    """Where fanned-out runs keep their records, partials and shard messages (None: fan-out is off)."""
+    if not settings.fanout_enabled:
+        return None
+    from worker.adapters.firestore import FirestoreRunStore
+    from worker.adapters.gcs import GcsBlobStore
+    from worker.adapters.pubsub import ShardPublisher
+    from worker.fanout import Stores
+
+    return Stores(runs=FirestoreRunStore.from_settings(settings.project, settings.firestore_database,
+                                                       settings.runs_collection),
+                  blobs=GcsBlobStore.from_settings(settings.project, settings.partials_bucket),
+                  shards=ShardPublisher(settings.shard_topic))
 
 
 def get_worker(settings: Settings) -> Worker:

@@ -195,7 +195,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
             message_id = publish_job(topic, job, attributes)
             _say(f"published job {job['job_id']} as message {message_id} on {topic}; "
                  f"waiting for its result on {' or '.join(waiter.subscriptions)}")
-            got = waiter.wait(args.timeout)
+            progress = _RunProgress(settings, message_id)
+            try:
+                got = waiter.wait(args.timeout, on_tick=progress)
+            finally:
+                progress.close()
     except NoResultsTopic as e:
         print(f"publish: {e}", file=sys.stderr)
         return EXIT_INVALID
@@ -206,6 +210,140 @@ def cmd_publish(args: argparse.Namespace) -> int:
     result, result_attributes = got
     _say(f"result attributes: {json.dumps(result_attributes, sort_keys=True)}")
     return _emit(result, EXIT_OK if result["status"] == "ok" else EXIT_ERROR)
+
+
+class _RunProgress:
+    """While ``publish --wait`` waits: if the job fanned out (its run is in Firestore under the message ID),
+    the run's progress, live on a terminal (stderr), a JSON line per change when piped."""
+
+    def __init__(self, settings, run_id: str, every: float = 1.0):
+        self.run_id = run_id
+        self.every = every
+        self._next = time.monotonic() + every
+        self._runs = None
+        self._shown = False
+        self._last = None
+        if settings.fanout_enabled:
+            from worker.app import build_stores
+
+            try:
+                self._runs = build_stores(settings).runs
+            except Exception as e:  # noqa: BLE001 - progress is a nicety: waiting goes on without it
+                _say(f"(no run progress: {type(e).__name__})")
+
+    def __call__(self) -> None:
+        if self._runs is None or time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.every
+        from worker.fanout import status_of
+
+        try:
+            run = self._runs.get_run(self.run_id)
+        except Exception:  # noqa: BLE001 - as above
+            return
+        if run is None:
+            return
+        status = status_of(run)
+        if sys.stderr.isatty():
+            sys.stderr.write("\r" + render_run_progress(status))
+            sys.stderr.flush()
+            self._shown = True
+        else:
+            key = (status["shards_done"], status["shards_failed"], status["shards_total"], status["state"])
+            if key != self._last:
+                self._last = key
+                _say(json.dumps(status))
+
+    def close(self) -> None:
+        if self._shown:
+            sys.stderr.write("\n")
+
+
+def render_run_progress(status: dict) -> str:
+    """One line: a bar of shards done, objects, bytes, rate and ETA."""
+    width = 24
+    finished = status["shards_done"] + status["shards_failed"]
+    total = max(status["shards_total"], 1)
+    filled = width * finished // total
+    eta = status["eta_seconds"]
+    failed = f", {status['shards_failed']} failed" if status["shards_failed"] else ""
+    return (f"[{'#' * filled}{'.' * (width - filled)}] {status['run_id']} {status['state']}: "
+            f"shards {finished}/{status['shards_total']}{failed} ({status['in_flight']} in flight) | "
+            f"{status['objects_listed']:,} objects | {_size(status['bytes_read'])} read | "
+            f"{status['objects_per_second']:,.0f} objects/s | "
+            f"ETA {'-' if eta is None else f'{eta:.0f}s'}  ")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def _run_stores():
+    from worker.app import build_stores
+    from worker.config import Settings
+
+    settings = Settings.from_env(require_role=False)
+    stores = build_stores(settings)
+    if stores is None:
+        raise ValueError("fan-out is not configured here: set PARTIALS_BUCKET and SHARD_TOPIC (and "
+                         "FIRESTORE_DATABASE, RUNS_COLLECTION if not the defaults) as the worker has them")
+    return stores
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from worker.errors import WorkerError
+    from worker.fanout import set_cap, status_of
+    from worker.runs import ANSWERED
+
+    try:
+        stores = _run_stores()
+        if args.max_in_flight is not None:
+            set_cap(stores, args.run_id, args.max_in_flight)
+            _say(f"run {args.run_id}: at most {args.max_in_flight} shards in flight from now on")
+        run = stores.runs.get_run(args.run_id)
+    except (WorkerError, ValueError, LookupError) as e:
+        print(f"status: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    if run is None:
+        print(f"status: no run {args.run_id!r}", file=sys.stderr)
+        return EXIT_INVALID
+    if not sys.stdout.isatty() or args.once:
+        print(json.dumps(status_of(run)), flush=True)
+        return EXIT_OK
+    try:
+        while True:
+            sys.stdout.write("\r" + render_run_progress(status_of(run)))
+            sys.stdout.flush()
+            if run.state == ANSWERED:
+                break
+            time.sleep(args.every)
+            run = stores.runs.get_run(args.run_id) or run
+    except KeyboardInterrupt:
+        pass
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def cmd_redrive(args: argparse.Namespace) -> int:
+    from worker.errors import WorkerError
+    from worker.fanout import redrive
+
+    try:
+        stores = _run_stores()
+        failed = redrive(stores, args.run_id)
+    except (WorkerError, ValueError, LookupError) as e:
+        print(f"redrive: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    if not failed:
+        _say(f"run {args.run_id} has no failed range: nothing to redrive")
+    else:
+        _say(f"run {args.run_id}: {len(failed)} failed range(s) queued again; the run answers again when they finish")
+    print(json.dumps({"run_id": args.run_id, "redriven": failed}), flush=True)
+    return EXIT_OK
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str]:
@@ -370,6 +508,17 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--job", help='a job to try: \'{"bucket": "b", "prefix": "p/"}\'')
     doctor.add_argument("--trust-policy", help="a JSON file with the role's trust policy to check the token against")
     doctor.set_defaults(func=cmd_doctor)
+
+    status = sub.add_parser("status", help="a fanned-out run's progress (live on a terminal, a JSON line when piped)")
+    status.add_argument("run_id", help="the run's ID: the job message's ID (the answer's fanout.run_id)")
+    status.add_argument("--max-in-flight", type=int, help="change the run's cap on shards in flight (1-1000)")
+    status.add_argument("--once", action="store_true", help="print one JSON line, even on a terminal")
+    status.add_argument("--every", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    status.set_defaults(func=cmd_status)
+
+    redrive = sub.add_parser("redrive", help="read a run's failed key ranges again; the run answers again")
+    redrive.add_argument("run_id", help="the run's ID (the answer's fanout.run_id)")
+    redrive.set_defaults(func=cmd_redrive)
     return parser
 
 

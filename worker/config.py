@@ -38,11 +38,22 @@ RESULT_MAX_BYTES = "RESULT_MAX_BYTES"
 FOOTER_MAX_BYTES = "FOOTER_MAX_BYTES"
 SCHEMA_MAX_DEPTH = "SCHEMA_MAX_DEPTH"
 FULL_MODE_BATCH_BYTES = "FULL_MODE_BATCH_BYTES"
+FIRESTORE_DATABASE = "FIRESTORE_DATABASE"
+RUNS_COLLECTION = "RUNS_COLLECTION"
+PARTIALS_BUCKET = "PARTIALS_BUCKET"
+SHARD_TOPIC = "SHARD_TOPIC"
+SHARD_DEAD_LETTER_TOPIC = "SHARD_DEAD_LETTER_TOPIC"
+FANOUT_MIN_OBJECTS = "FANOUT_MIN_OBJECTS"
+FANOUT_MIN_BYTES = "FANOUT_MIN_BYTES"
+SHARD_OBJECTS = "SHARD_OBJECTS"
+SHARD_SECONDS = "SHARD_SECONDS"
+FANOUT_MAX_IN_FLIGHT = "FANOUT_MAX_IN_FLIGHT"
 K_SERVICE = "K_SERVICE"
 K_REVISION = "K_REVISION"
 
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 _TOPIC = re.compile(r"^projects/[^/]+/topics/[^/]+$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,21 @@ class Settings:
     full_mode_batch_bytes: int = 32 * 1024 * 1024
     service: str = "parquet-summary"
     revision: str = "local"
+    firestore_database: str = "(default)"
+    runs_collection: str = "summary-runs"
+    partials_bucket: str | None = None
+    shard_topic: str | None = None
+    shard_dead_letter_topic: str | None = None
+    fanout_min_objects: int = 5000
+    fanout_min_bytes: int = 16 << 30
+    shard_objects: int = 1000
+    shard_seconds: int = 240
+    fanout_max_in_flight: int = 50
+
+    @property
+    def fanout_enabled(self) -> bool:
+        """Fan-out needs somewhere to keep partials and a topic for shards (Firestore has a default database)."""
+        return bool(self.partials_bucket and self.shard_topic)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, require_role: bool = True) -> Settings:
@@ -106,6 +132,28 @@ class Settings:
                                 f"give projects/P/topics/T or set {GOOGLE_CLOUD_PROJECT}")
         if reply_topic and "/" in reply_topic and not _TOPIC.match(reply_topic):
             problems.append(f"{REPLY_TOPIC} must look like projects/P/topics/T: {reply_topic!r}")
+        shard_topics = {}
+        for name in (SHARD_TOPIC, SHARD_DEAD_LETTER_TOPIC):
+            topic = get(name) or None
+            if topic and "/" not in topic:
+                topic = f"projects/{project}/topics/{topic}" if project else None
+                if topic is None:
+                    problems.append(f"{name} is a short name; give projects/P/topics/T or set {GOOGLE_CLOUD_PROJECT}")
+            if topic and not _TOPIC.match(topic):
+                problems.append(f"{name} must look like projects/P/topics/T: {topic!r}")
+            shard_topics[name] = topic
+        partials_bucket = get(PARTIALS_BUCKET) or None
+        if partials_bucket and not _BUCKET.match(partials_bucket):
+            problems.append(f"{PARTIALS_BUCKET} is not a Cloud Storage bucket name: {partials_bucket!r}")
+        if bool(partials_bucket) != bool(shard_topics[SHARD_TOPIC]):
+            problems.append(f"fan-out needs both {PARTIALS_BUCKET} and {SHARD_TOPIC} (or neither, to run every job "
+                            "on one instance)")
+        # A shard's share of a job: objects it lists for itself, and the time it reads before handing the rest on.
+        fanout_min_objects = _int(get(FANOUT_MIN_OBJECTS), FANOUT_MIN_OBJECTS, 5000, 1, 10_000_000, problems)
+        fanout_min_bytes = _int(get(FANOUT_MIN_BYTES), FANOUT_MIN_BYTES, 16 << 30, 1, 1 << 50, problems)
+        shard_objects = _int(get(SHARD_OBJECTS), SHARD_OBJECTS, 1000, 1, 100_000, problems)
+        shard_seconds = _int(get(SHARD_SECONDS), SHARD_SECONDS, 240, 1, 3600, problems)
+        fanout_max_in_flight = _int(get(FANOUT_MAX_IN_FLIGHT), FANOUT_MAX_IN_FLIGHT, 50, 1, 1000, problems)
         allowed_reply_topics = set()
         for name in filter(None, (t.strip() for t in get(ALLOWED_REPLY_TOPICS).split(","))):
             if "/" not in name and project:
@@ -170,6 +218,16 @@ class Settings:
             full_mode_batch_bytes=batch,
             service=get(K_SERVICE) or "parquet-summary",
             revision=get(K_REVISION) or "local",
+            firestore_database=get(FIRESTORE_DATABASE) or "(default)",
+            runs_collection=get(RUNS_COLLECTION) or "summary-runs",
+            partials_bucket=partials_bucket,
+            shard_topic=shard_topics[SHARD_TOPIC],
+            shard_dead_letter_topic=shard_topics[SHARD_DEAD_LETTER_TOPIC],
+            fanout_min_objects=fanout_min_objects,
+            fanout_min_bytes=fanout_min_bytes,
+            shard_objects=shard_objects,
+            shard_seconds=shard_seconds,
+            fanout_max_in_flight=fanout_max_in_flight,
         )
 
     def limits(self) -> Limits:

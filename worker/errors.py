@@ -82,6 +82,13 @@ class DeadlineExceeded(WorkerError):
     code = "deadline_exceeded"
 
 
+class Incomplete(WorkerError):
+    """Raised when a fanned-out run could not read some key ranges (more than its tolerated share); details name
+    them, and ``python -m worker redrive RUN_ID`` reads only those again."""
+
+    code = "incomplete"
+
+
 class Retryable(WorkerError):
     """Raised for faults a later attempt can get past: throttling, 5xx, network, STS unavailable."""
 

@@ -9,6 +9,7 @@ with an ``internal`` error result that names an incident in the log.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -20,7 +21,40 @@ from itertools import chain
 from typing import Any, Protocol
 
 from worker.config import Settings
-from worker.errors import DeadlineExceeded, Forbidden, Internal, NotFound, Retryable, WorkerError
+from worker.errors import (
+    DeadlineExceeded,
+    Forbidden,
+    Incomplete,
+    Internal,
+    InvalidJob,
+    NotFound,
+    Retryable,
+    WorkerError,
+)
+from worker.fanout import (
+    DONE,
+    FAILED,
+    MERGING,
+    TERMINAL,
+    Outcome,
+    RunRecord,
+    Stores,
+    after,
+    blob_name,
+    decide_answered,
+    decide_finish,
+    decide_hand_off,
+    decide_open,
+    first_split,
+    job_doc,
+    job_of,
+    list_range,
+    publish_after_commit,
+    replay,
+    run_section,
+    split_unread,
+    tolerated,
+)
 from worker.jobs import InvalidJobMessage, Job, JobRef, job_from_pubsub, new_job_id, parse_job
 from worker.logs import new_incident_id, report_incident
 from worker.results import error_result, fit, ok_result
@@ -41,8 +75,13 @@ MAX_REASON = 300  # characters of a skipped object's reason (decoder messages ca
 class ObjectStore(Protocol):
     """One job's view of one bucket. Only a ``WorkerError`` may escape its methods."""
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """(key, size) of every object under ``prefix``, in key order, fetched page by page as consumed."""
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object under ``prefix`` (and after ``start_after``, if given), in key order,
+        fetched page by page as consumed. ``NotFound``: no such bucket."""
+        ...
+
+    def common_prefixes(self, prefix: str, delimiter: str = "/", max_pages: int = 10) -> list[str]:
+        """The key prefixes right under ``prefix`` up to the next ``delimiter`` (S3's "folders"), in key order."""
         ...
 
     def fetch(self, key: str, start: int, end: int) -> bytes:
@@ -68,24 +107,37 @@ class Publisher(Protocol):
 class Worker:
     """Runs jobs against S3 and answers them."""
 
-    def __init__(self, settings: Settings, storage: Storage, publisher: Publisher | None = None):
+    def __init__(self, settings: Settings, storage: Storage, publisher: Publisher | None = None,
+                 stores: Stores | None = None):
         self.settings = settings
         self.storage = storage
         self.publisher = publisher
+        self.stores = stores  # fan-out: runs, partials, shard messages (None: every job runs on one instance)
         # Full-mode jobs take turns (FULL_MODE_JOBS at once): with request concurrency above 1, a burst of
         # them would otherwise run side by side on one vCPU, each slower, holding all their memory at once.
         self._full_turns = threading.BoundedSemaphore(settings.full_mode_jobs)
 
     # -- entry points -----------------------------------------------------------------
 
-    def handle_pubsub(self, data: Any, event_id: str | None = None) -> dict:
-        """Answer one ``messagePublished`` event: publish its result, or raise ``Retryable`` to be redelivered."""
+    def handle_pubsub(self, data: Any, event_id: str | None = None, source: str | None = None) -> dict | None:
+        """Answer one ``messagePublished`` event: publish its result, or raise ``Retryable`` to be redelivered.
+
+        A shard message (attribute ``kind=shard``) reads its key range instead; from the shard subscription's
+        dead-letter topic (``source``), it marks the range failed. A job that fans out is answered later, by
+        the run's last shard: None then.
+        """
         if self.publisher is None:
             self.settings.require_reply_topic()
             raise RuntimeError("no publisher configured")
+        shard = _shard_of(data)
+        if shard is not None:
+            self._handle_shard(*shard, dead=_dead_lettered(data, source, self.settings.shard_dead_letter_topic))
+            return None
         result, job = self._result_of(
             lambda: job_from_pubsub(data, event_id, time_zone=self.settings.template_time_zone),
             lambda: _ref_of_event(data, event_id))
+        if result is None:  # fanned out: the run answers
+            return None
         return self._publish(result, job)
 
     def handle_http(self, body: bytes) -> dict:
@@ -97,7 +149,7 @@ class Worker:
         return result
 
     def _result_of(self, parse: Callable[[], Job], ref_of_message: Callable[[], JobRef], *,
-                   answer_retryable: bool = False) -> tuple[dict, Job | None]:
+                   answer_retryable: bool = False) -> tuple[dict | None, Job | None]:
         """The result of one message (and its job, if it parsed): the entry points' shared boundary.
 
         Raises ``Retryable`` unless ``answer_retryable`` (HTTP, where the caller retries on a 503);
@@ -118,7 +170,7 @@ class Worker:
             stage = "parsing the job" if job is None else "answering the job"
             return error_result(ref, self._incident(e, stage, ref)), job
 
-    def _answer(self, job: Job) -> dict:
+    def _answer(self, job: Job) -> dict | None:
         """The result of a valid job: an error result for a refused reply topic, else the job's run."""
         if job.reply_topic and not self.settings.reply_topic_allowed(job.reply_topic):
             return error_result(job, Forbidden(f"reply_topic {job.reply_topic!r} is not in ALLOWED_REPLY_TOPICS "
@@ -127,6 +179,10 @@ class Worker:
 
     def _publish(self, result: dict, job: Job | None) -> dict:
         """Publish ``result`` where it belongs, exactly once; raise only what Pub/Sub should redeliver for."""
+        return self._send(result, job)[0]
+
+    def _send(self, result: dict, job: Job | None) -> tuple[dict, str]:
+        """``_publish``, also returning the published message's ID."""
         assert self.publisher is not None
         own_topic = job is not None and job.reply_topic and self.settings.reply_topic_allowed(job.reply_topic)
         topic = job.reply_topic if own_topic else None
@@ -145,7 +201,7 @@ class Worker:
             result = self._replacement(result, e)
             result_id = self.publisher.publish(result)
         _log_result(result, result_message_id=result_id)
-        return result
+        return result, result_id
 
     def _replacement(self, result: dict, error: Exception) -> dict:
         """A small ``internal`` error result that stands for one that Pub/Sub refused or that could not be built."""
@@ -162,8 +218,9 @@ class Worker:
 
     # -- one job ----------------------------------------------------------------------
 
-    def run(self, job: Job, on_progress: Progress | None = None) -> dict:
-        """Summarize one job. Returns an ok or permanent-error result; raises only ``Retryable``."""
+    def run(self, job: Job, on_progress: Progress | None = None) -> dict | None:
+        """Summarize one job. Returns an ok or permanent-error result (None: the job fanned out, its run answers
+        later); raises only ``Retryable``."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
         deadline = time.monotonic() + self.settings.job_deadline_seconds
@@ -184,7 +241,7 @@ class Worker:
             self._full_turns.release()
 
     def _run(self, job: Job, on_progress: Progress | None, timings: dict[str, float], started: float,
-             deadline: float) -> dict:
+             deadline: float) -> dict | None:
         stage = "checking the job"
         try:
             if self.settings.allowed_buckets and job.bucket not in self.settings.allowed_buckets:
@@ -195,11 +252,20 @@ class Worker:
             stage = "listing and reading"
             full = job.mode == "full"
             tally = Tally()
+            fan_out = self._fan_out_mode(job)
             # Listing and reading overlap (the listing is streamed): "reading" covers both, "listing"
             # the time to the first page, which includes making the S3 client on an instance's first job.
             with _phase(timings, "listing"):
                 store = self.storage.objects(job.bucket, job.job_id)
                 listed = _first_page_timed(store.list(job.prefix))
+            if fan_out != "never":
+                stage = "fanning out"
+                head, listed = _head(listed, None if fan_out == "always" else self.settings.fanout_min_objects,
+                                     self.settings.fanout_min_bytes if full else None)
+                if head is not None:
+                    self._open_run(job, store, head)
+                    return None
+                stage = "listing and reading"
             with _phase(timings, "reading"):
                 try:
                     summary = summarize_listing(
@@ -214,17 +280,8 @@ class Worker:
                         details={"files_read": e.done, "files_total": e.total, "listing_complete": e.total is not None,
                                  "deadline_seconds": self.settings.job_deadline_seconds}) from None
             stage = "building the result"
-            if tally.parquet == 0:
-                raise NotFound(_nothing_found(job, tally.listed))
-            if tally.refused == tally.parquet:
-                raise Forbidden(f"every Parquet object under s3://{job.bucket}/{job.prefix} was refused "
-                                f"({tally.parquet}); the first: {tally.first_refusal}",
-                                details={"objects_refused": tally.refused})
             timings["total"] = _ms_since(started)
-            fields = summary.to_dict()
-            if job.columns is not None:
-                fields["missing_columns"] = sorted(set(job.columns) - set(summary.fields) - summary.partition_columns)
-            return ok_result(job, fields, timings)
+            return _answer_of(job, summary, tally, timings)
         except WorkerError as e:
             timings["total"] = _ms_since(started)
             if e.retryable:
@@ -234,6 +291,178 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - a bug: answered once as internal, never retried
             timings["total"] = _ms_since(started)
             return error_result(job, self._incident(e, stage, job), timings)
+
+    # -- fan-out: one job over many instances (worker.fanout) -------------------------------------------
+
+    def _fan_out_mode(self, job: Job) -> str:
+        """never, auto or always, for this job on this worker. Raises InvalidJob when it asks for what cannot be."""
+        spec = job.spec.get("fan_out") or {}
+        mode = spec.get("mode", "auto")
+        if mode == "never":
+            return mode
+        if job.message_id is None:  # HTTP answers in its own response: one instance
+            if mode == "always":
+                raise InvalidJob("fan_out.mode always needs a Pub/Sub job: an HTTP job runs on one instance")
+            return "never"
+        if self.stores is None:
+            if mode == "always":
+                raise InvalidJob("fan_out.mode always: this worker has no fan-out settings "
+                                 "(PARTIALS_BUCKET and SHARD_TOPIC)")
+            return "never"
+        return mode
+
+    def _open_run(self, job: Job, store: ObjectStore, head: list[tuple[str, int]]) -> None:
+        """Make the job a run: its first shards from the keys listed so far and S3's folders under the prefix."""
+        assert self.stores is not None and job.message_id is not None
+        spec = job.spec.get("fan_out") or {}
+        folders = _folders(store, job.prefix)
+        ranges = first_split([k for k, _ in head], folders, per_shard=self.settings.shard_objects)
+        run = RunRecord(run_id=job.message_id, job=job_doc(job), created_at=time.time(),
+                        max_in_flight=spec.get("max_in_flight", self.settings.fanout_max_in_flight),
+                        tolerated_failure_percent=float(spec.get("tolerated_failure_percent", 0)))
+        created, publish = self.stores.runs.transact(run.run_id, None, decide_open(run, ranges))
+        if not created:  # a redelivered job message: the run exists; publish what may not have gone out
+            from worker.runs import DISPATCHED
+
+            publish = [s.shard_id for s in self.stores.runs.shards(run.run_id, DISPATCHED)]
+        publish_after_commit(self.stores, run.run_id, publish)
+        log.info("job fanned out", extra={"fields": _ids(job) | {"run_id": run.run_id, "shards": len(ranges),
+                                                                "created": created}})
+
+    def _handle_shard(self, run_id: str, shard_id: str, *, dead: bool) -> None:
+        """One shard message: read its range (or, dead-lettered, record it failed), commit, and answer the run
+        if this commit closed it. Raises only ``Retryable``."""
+        if self.stores is None:
+            log.error("shard message for a worker without fan-out settings: dropped",
+                      extra={"fields": {"run_id": run_id, "shard_id": shard_id}})
+            return
+        runs = self.stores.runs
+        run, shard = runs.get_run(run_id), runs.get_shard(run_id, shard_id)
+        if run is None or shard is None:
+            log.warning("shard message of no known run: dropped",
+                        extra={"fields": {"run_id": run_id, "shard_id": shard_id}})
+            return
+        if shard.state in TERMINAL:
+            replay(self.stores, run_id, shard)
+            if run.state == MERGING and run.merger == shard_id:
+                self._merge(run_id)  # the closing shard's answer may not have gone out
+            return
+        if dead:
+            outcome = Outcome(FAILED, error=f"dead-lettered after {shard.attempts} attempt(s)")
+        elif shard.state != "dispatched":
+            return  # stale (queued again by a redrive): it gets a new message when dispatched
+        else:
+            outcome = self._read_shard(run, shard)
+        finish = runs.transact(run_id, shard_id, decide_finish(run_id, shard_id, outcome, time.time()))
+        publish_after_commit(self.stores, run_id, finish.publish)
+        if finish.merge:
+            self._merge(run_id)
+
+    def _read_shard(self, run: RunRecord, shard) -> Outcome:
+        """Read one shard's range within its budget; a permanent failure is the shard's (recorded failed)."""
+        assert self.stores is not None
+        job = job_of(run.job)
+        fields = _ids(job) | {"run_id": run.run_id, "shard_id": shard.shard_id}
+        started = time.monotonic()
+        self.stores.runs.note_attempt(run.run_id, shard.shard_id)
+        try:
+            self.storage.ensure_credentials()
+            store = self.storage.objects(job.bucket, job.job_id)
+            listing = list_range(store, job.prefix, shard.start, shard.stop)
+            own = list(itertools.islice(listing, self.settings.shard_objects))
+            stop = shard.stop
+            if own and next(listing, None) is not None:
+                # More than a shard's share: hand the rest of the range on now, so it is listed (and read) in
+                # parallel with this share, rather than after it.
+                cut = after(own[-1][0])
+                handed = self.stores.runs.transact(run.run_id, shard.shard_id,
+                                                   decide_hand_off(run.run_id, shard.shard_id, cut, time.time()))
+                if handed.terminal:
+                    raise _AlreadyDone
+                publish_after_commit(self.stores, run.run_id, handed.publish)
+                stop = handed.stop
+                if stop != cut:  # an earlier delivery cut elsewhere: its cut stands
+                    own = list(list_range(store, job.prefix, shard.start, stop))
+            budget = started + self.settings.shard_seconds
+            unread: list[str] = []
+
+            def within_budget() -> Iterator[tuple[str, int]]:
+                for item in own:
+                    if time.monotonic() > budget:
+                        unread.append(item[0])
+                        return
+                    yield item
+
+            tally = Tally()
+            full = job.mode == "full"
+            summary = summarize_listing(
+                store, within_budget(), mode=job.mode, columns=job.columns,
+                deadline=started + self.settings.job_deadline_seconds,
+                concurrency=self.settings.full_mode_concurrency if full else self.settings.read_concurrency,
+                tally=tally, limits=self.settings.limits())
+            covered = unread[0] if unread else None
+            handed_on = split_unread([k for k, _ in own if k >= covered], stop) if covered is not None else []
+            name = blob_name(run.run_id, shard.shard_id, shard.start, covered if covered is not None else stop)
+            from worker import partials
+
+            self.stores.blobs.put_once(name, partials.encode(summary))
+            if handed_on:
+                log.info("shard out of time: unread keys handed on",
+                         extra={"fields": fields | {"shards": len(handed_on), "unread": len(own) - tally.listed}})
+            return Outcome(DONE, partial=name, covered_stop=covered, handed=handed_on, listed=tally.listed,
+                           parquet=tally.parquet, refused=tally.refused, first_refusal=tally.first_refusal,
+                           bytes_listed=sum(size for k, size in own if covered is None or k < covered),
+                           bytes_read=summary.bytes, seconds=time.monotonic() - started)
+        except DeadlineReached:
+            raise Retryable(f"shard {shard.shard_id} reached the {self.settings.job_deadline_seconds}s deadline",
+                            details={"step": "reading a shard"}) from None
+        except WorkerError as e:
+            if e.retryable:
+                log.warning("shard will be retried: %s", e.message, extra={"fields": fields | {"code": e.code}})
+                raise
+            log.warning("shard failed: %s", e.message, extra={"fields": fields | {"code": e.code}})
+            return Outcome(FAILED, error=f"{e.code}: {e.message}"[:MAX_REASON])
+        except _AlreadyDone:
+            return Outcome(DONE)  # the commit finds the shard terminal: a duplicate, nothing written
+        except Exception as e:  # noqa: BLE001 - a bug costs this shard (recorded failed, redrivable), not the run
+            incident = self._incident(e, "reading a shard", job)
+            return Outcome(FAILED, error=f"internal: {incident.message}"[:MAX_REASON])
+
+    def _merge(self, run_id: str) -> None:
+        """Merge a closed run's partials and publish its one answer (the same run_id on every answer)."""
+        assert self.stores is not None
+        run = self.stores.runs.get_run(run_id)
+        if run is None or run.state != MERGING:
+            return
+        from worker import partials
+
+        job = job_of(run.job)
+        builder = SummaryBuilder()
+        failed = []
+        for shard in self.stores.runs.shards(run_id):  # streamed: one partial in memory at a time
+            if shard.state == DONE and shard.partial:
+                builder.add(partials.decode(self.stores.blobs.get(shard.partial)))
+            elif shard.state == FAILED:
+                failed.append(shard)
+        summary = builder.build()
+        now = time.time()
+        section = run_section(run, failed, now)
+        section["objects_read"] = summary.files
+        timings = {"total": (now - run.created_at) * 1000.0}
+        tally = Tally(listed=run.listed, parquet=run.parquet, refused=run.refused, first_refusal=run.first_refusal)
+        if tolerated(run):
+            try:
+                result = _answer_of(job, summary, tally, timings)
+            except WorkerError as e:
+                result = error_result(job, e, timings)
+        else:
+            result = error_result(job, Incomplete(
+                f"{run.shards_failed} of {run.shards_done + run.shards_failed} key ranges of the run failed "
+                f"(tolerated: {run.tolerated_failure_percent:g}%); `python -m worker redrive {run_id}` reads "
+                "only those again", details={"failed_ranges": section.get("failed_ranges", [])}), timings)
+        result["fanout"] = section
+        _, message_id = self._send(result, job)
+        self.stores.runs.transact(run_id, None, decide_answered(message_id, time.time()))
 
 
 Progress = Callable[[int, int], None]
@@ -359,6 +588,78 @@ def summarize_listing(store: ObjectStore, listed: Iterable[tuple[str, int]], *, 
                 future.cancel()
             raise
     return total.build()
+
+
+class _AlreadyDone(Exception):
+    """A shard found done by another delivery while this one was listing it."""
+
+
+def _shard_of(data: Any) -> tuple[str, str] | None:
+    """(run_id, shard_id) of a shard message (attribute kind=shard), else None."""
+    try:
+        attributes = data["message"].get("attributes") or {}
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if not isinstance(attributes, dict) or attributes.get("kind") != "shard":
+        return None
+    run_id, shard_id = attributes.get("run_id"), attributes.get("shard_id")
+    if not (isinstance(run_id, str) and run_id and isinstance(shard_id, str) and shard_id):
+        return None
+    return run_id, shard_id
+
+
+def _dead_lettered(data: Any, source: str | None, dead_letter_topic: str | None) -> bool:
+    """Whether a shard message comes from the shard subscription's dead-letter topic: the push path names it
+    (functions-framework puts it in the event's source), or Pub/Sub's dead-letter attributes say so."""
+    if dead_letter_topic and source and source.endswith("/" + dead_letter_topic):
+        return True
+    attributes = (data.get("message") or {}).get("attributes") or {}
+    return "CloudPubSubDeadLetterSourceDeliveryCount" in attributes
+
+
+def _head(listed: Iterator[tuple[str, int]], most_objects: int | None, most_bytes: int | None
+          ) -> tuple[list[tuple[str, int]] | None, Iterator[tuple[str, int]]]:
+    """The keys listed until a fan-out threshold is reached (None: the listing ended first, or no threshold),
+    and the listing to go on with (all of it, when it ended first)."""
+    if most_objects is None:
+        return [], listed
+    head: list[tuple[str, int]] = []
+    size = 0
+    for item in listed:
+        head.append(item)
+        size += item[1]
+        if len(head) >= most_objects or (most_bytes is not None and size >= most_bytes):
+            return head, listed
+    return None, iter(head)
+
+
+def _folders(store: ObjectStore, prefix: str) -> list[str]:
+    """S3's folders under ``prefix``, looking into a lone folder (up to MAX_PREFIX_DEPTH levels): where the key
+    space can be cut without listing it."""
+    from worker.fanout import MAX_PREFIX_DEPTH
+
+    found: list[str] = []
+    for _ in range(MAX_PREFIX_DEPTH):
+        folders = store.common_prefixes(prefix)
+        found += folders
+        if len(folders) != 1:
+            break
+        prefix = folders[0]
+    return found
+
+
+def _answer_of(job: Job, summary: Summary, tally: Tally, timings: dict[str, float]) -> dict:
+    """The ok result of a job whose objects were read; raises NotFound/Forbidden when none could be."""
+    if tally.parquet == 0:
+        raise NotFound(_nothing_found(job, tally.listed))
+    if tally.refused == tally.parquet:
+        raise Forbidden(f"every Parquet object under s3://{job.bucket}/{job.prefix} was refused "
+                        f"({tally.parquet}); the first: {tally.first_refusal}",
+                        details={"objects_refused": tally.refused})
+    fields = summary.to_dict()
+    if job.columns is not None:
+        fields["missing_columns"] = sorted(set(job.columns) - set(summary.fields) - summary.partition_columns)
+    return ok_result(job, fields, timings)
 
 
 def _reason(text: str) -> str:

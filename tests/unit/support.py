@@ -1,5 +1,7 @@
 """In-memory stand-ins for the object store: the same contracts the S3 adapter meets, over bytes."""
 
+from __future__ import annotations
+
 from worker.errors import NotFound
 
 
@@ -25,14 +27,141 @@ class MemoryStore:
     def __init__(self, objects: dict[str, bytes]):
         self.objects = objects
         self.fetches = 0
+        self.lists = 0
 
-    def list(self, prefix: str):
+    def list(self, prefix: str, start_after: str | None = None):
+        self.lists += 1
         for key in sorted(self.objects):
-            if key.startswith(prefix):
+            if key.startswith(prefix) and (start_after is None or key > start_after):
                 yield key, len(self.objects[key])
+
+    def common_prefixes(self, prefix: str, delimiter: str = "/", max_pages: int = 10) -> list[str]:
+        found = set()
+        for key in self.objects:
+            if key.startswith(prefix) and delimiter in key[len(prefix):]:
+                found.add(prefix + key[len(prefix):].split(delimiter, 1)[0] + delimiter)
+        return sorted(found)[:1000 * max_pages]
 
     def fetch(self, key: str, start: int, end: int) -> bytes:
         self.fetches += 1
         if key not in self.objects:
             raise NotFound("object deleted after it was listed: NoSuchKey")
         return self.objects[key][start:end + 1]
+
+
+class MemoryRuns:
+    """The RunStore protocol over dicts, one lock standing for Firestore's transactions (records are copied in
+    and out, as a database would). For the pure run logic only: the Firestore adapter is tested on the emulator."""
+
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+        self.runs: dict = {}
+        self.shard_docs: dict = {}
+        self.transactions = 0
+
+    def transact(self, run_id, shard_id, decide):
+        import copy
+
+        from worker.runs import QUEUED, RunRecord, ShardRecord
+
+        with self.lock:
+            self.transactions += 1
+            run = self.runs.get(run_id)
+            run = RunRecord.from_doc(copy.deepcopy(run)) if run is not None else None
+            shard = self.shard_docs.get((run_id, shard_id)) if shard_id else None
+            shard = ShardRecord.from_doc(copy.deepcopy(shard)) if shard is not None else None
+            room = max(0, run.max_in_flight - run.in_flight) if run is not None else 0
+            queued = [ShardRecord.from_doc(copy.deepcopy(d)) for (r, _), d in sorted(self.shard_docs.items())
+                      if r == run_id and d["state"] == QUEUED][:room]
+            change = decide(run, shard, queued)
+            if change.run is not None:
+                self.runs[run_id] = copy.deepcopy(change.run.to_doc())
+            for record in change.shards:
+                self.shard_docs[(run_id, record.shard_id)] = copy.deepcopy(record.to_doc())
+            return change.value
+
+    def get_run(self, run_id):
+        from worker.runs import RunRecord
+
+        with self.lock:
+            doc = self.runs.get(run_id)
+            return RunRecord.from_doc(dict(doc)) if doc is not None else None
+
+    def get_shard(self, run_id, shard_id):
+        from worker.runs import ShardRecord
+
+        with self.lock:
+            doc = self.shard_docs.get((run_id, shard_id))
+            return ShardRecord.from_doc(dict(doc)) if doc is not None else None
+
+    def shards(self, run_id, state=None):
+        from worker.runs import ShardRecord
+
+        with self.lock:
+            docs = [d for (r, _), d in sorted(self.shard_docs.items()) if r == run_id
+                    and (state is None or d["state"] == state)]
+        for doc in docs:
+            yield ShardRecord.from_doc(dict(doc))
+
+    def note_attempt(self, run_id, shard_id):
+        with self.lock:
+            self.shard_docs[(run_id, shard_id)]["attempts"] += 1
+
+
+class MemoryBlobs:
+    """The BlobStore protocol over a dict (create-only)."""
+
+    def __init__(self):
+        self.blobs: dict[str, bytes] = {}
+
+    def put_once(self, name, data):
+        if name in self.blobs:
+            return False
+        self.blobs[name] = data
+        return True
+
+    def get(self, name):
+        if name not in self.blobs:
+            raise NotFound(f"no blob {name}")
+        return self.blobs[name]
+
+
+class MemoryShardQueue:
+    """The ShardPublisher protocol over a list: what a test delivers, in any order, as often as it likes."""
+
+    def __init__(self):
+        self.messages: list[tuple[str, str]] = []
+
+    def publish_shards(self, run_id, shard_ids):
+        self.messages.extend((run_id, s) for s in shard_ids)
+
+
+def same_figures(a, b, path: str = "") -> list[str]:
+    """Where two results' figures differ: exactly, but for floats (means and deviations merged in another
+    order differ in their last bits: relative 1e-9) and sketch estimates (``*_approx``: within 2%)."""
+    import math
+
+    if isinstance(a, dict) and isinstance(b, dict):
+        ignored = {"timings_ms", "finished_at", "fanout", "message_id", "job_id", "correlation_id", "job"}
+        if path == "":
+            a, b = ({k: v for k, v in d.items() if k not in ignored} for d in (a, b))
+        if set(a) != set(b):
+            return [f"{path}: keys {sorted(set(a) ^ set(b))}"]
+        out = []
+        for k in a:
+            out += same_figures(a[k], b[k], f"{path}.{k}" if path else k)
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} items != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in same_figures(x, y, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float) and not isinstance(a, bool):
+        tolerance = 0.02 if "_approx" in path else 1e-9
+        if math.isclose(a, b, rel_tol=tolerance, abs_tol=1e-12) or (math.isnan(a) and math.isnan(b)):
+            return []
+        return [f"{path}: {a!r} != {b!r}"]
+    if isinstance(a, int) and isinstance(b, int) and "_approx" in path:
+        return [] if math.isclose(a, b, rel_tol=0.02, abs_tol=1) else [f"{path}: {a!r} != {b!r}"]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]

@@ -301,10 +301,24 @@ class S3Objects:
         self.user_agent = user_agent_token(job_id)
         self._headers = {"User-Agent": f"parquet-summary-worker/{__version__} {self.user_agent}"}
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """(key, size) of every object whose key starts with ``prefix``, literally."""
+    def list(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
+        """(key, size) of every object whose key starts with ``prefix``, literally (after ``start_after``)."""
+        for page in self._pages(Prefix=prefix, **({"StartAfter": start_after} if start_after else {})):
+            for obj in page.get("Contents", ()):
+                yield obj["Key"], int(obj["Size"])
+
+    def common_prefixes(self, prefix: str, delimiter: str = "/", max_pages: int = 10) -> list[str]:
+        """The "folders" right under ``prefix`` (ListObjectsV2 with a delimiter), at most ``max_pages`` pages."""
+        found: list[str] = []
+        for n, page in enumerate(self._pages(Prefix=prefix, Delimiter=delimiter)):
+            found.extend(p["Prefix"] for p in page.get("CommonPrefixes", ()))
+            if n + 1 >= max_pages:
+                break
+        return found
+
+    def _pages(self, **params) -> Iterator[dict]:
         paginator = self._client.get_paginator("list_objects_v2")
-        pages = iter(paginator.paginate(Bucket=self.bucket, Prefix=prefix))
+        pages = iter(paginator.paginate(Bucket=self.bucket, **params))
         while True:
             try:
                 with _as_job(self.user_agent):
@@ -313,8 +327,7 @@ class S3Objects:
                 raise translate(e, "ListObjectsV2") from None
             if page is None:
                 return
-            for obj in page.get("Contents", ()):
-                yield obj["Key"], int(obj["Size"])
+            yield page
 
     def _bucket_url(self) -> str:
         # botocore resolves the bucket's endpoint (path or virtual-host style, region, FIPS...):

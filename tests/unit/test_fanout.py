@@ -1,0 +1,262 @@
+"""Fan-out's logic without servers: key ranges, the run's decisions, and whole runs delivered in any order.
+
+The stores here are in-memory doubles of the project's own Protocols (tests/unit/support.py); the Firestore,
+Cloud Storage and Pub/Sub adapters are tested on the real emulators in tests/integration.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+import random
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+from tests.unit.support import MemoryBlobs, MemoryRuns, MemoryShardQueue, MemoryStore, same_figures
+from worker.config import Settings
+from worker.fanout import (
+    Stores,
+    after,
+    first_split,
+    list_range,
+    redrive,
+    set_cap,
+    split_unread,
+    status_of,
+)
+from worker.runs import ANSWERED, FAILED
+from worker.service import Worker
+
+DLQ = "projects/p/topics/shards-dead-letter"
+KEY_CHARS = st.sampled_from(["a", "b", "/", "0", "9", "-", ".", "=", "é", "\u4e2d", "\U0001f600", " ", "~"])
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=st.sets(st.text(KEY_CHARS, min_size=1, max_size=6), max_size=60), head=st.integers(0, 60),
+       per_shard=st.integers(1, 9))
+def test_the_first_split_covers_every_key_of_the_prefix_exactly_once(keys, head, per_shard):
+    store = MemoryStore({f"p/{k}": b"x" for k in keys} | {"o/outside": b"x", "p": b"x"})
+    listed = [k for k, _ in store.list("p/")][:head]
+    ranges = first_split(listed, store.common_prefixes("p/"), per_shard=per_shard)
+    read = [k for a, b in ranges for k, _ in list_range(store, "p/", a, b)]
+    event(f"ranges: {'1' if len(ranges) == 1 else '2-9' if len(ranges) < 10 else '10+'}")
+    assert read == sorted(f"p/{k}" for k in keys)
+    assert ranges[0][0] is None and ranges[-1][1] is None
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=st.lists(st.text(KEY_CHARS, min_size=1, max_size=5), min_size=1, max_size=40, unique=True),
+       ways=st.integers(1, 6), bounded=st.booleans())
+def test_unread_keys_split_into_ranges_that_hold_each_once(keys, ways, bounded):
+    keys = sorted(keys)
+    stop = after(keys[-1]) if bounded else None
+    ranges = split_unread(keys, stop, ways)
+    assert 1 <= len(ranges) <= ways
+    held = [[k for k in keys if (a is None or k >= a) and (b is None or k < b)] for a, b in ranges]
+    assert [k for part in held for k in part] == keys and all(held)
+
+
+# -- whole runs ---------------------------------------------------------------------------------------
+
+
+class Publisher:
+    def __init__(self):
+        self.sent: list[dict] = []
+
+    def publish(self, result, topic=None):
+        self.sent.append(json.loads(json.dumps(result)))
+        return f"r-{len(self.sent)}"
+
+
+def _lake(n: int = 120, *, flat: bool = False) -> dict[str, bytes]:
+    objects = {}
+    for i in range(n):
+        day = "all" if flat else f"day={i % 6}"
+        table = pa.table({"id": pa.array([i * 10 + j for j in range(3)], pa.int64()),
+                          "big": pa.array([2**60 + i, None, -(2**62)], pa.int64()),
+                          "x": pa.array([float(i), float("nan") if i % 7 == 0 else 0.5, None]),
+                          "s": pa.array([f"v{i}", "é", None])})
+        objects[f"lake/{day}/part-{i:04d}.parquet"] = _parquet(table)
+    objects["lake/_SUCCESS"] = b""
+    objects["lake/readme.txt"] = b"not parquet"
+    objects["lake/day=1/broken.parquet"] = b"PAR1 this is not parquet PAR1"
+    return objects
+
+
+def _worker(objects, **overrides):
+    given = {"fanout_min_objects": 25, "shard_objects": 9, "fanout_max_in_flight": 4} | overrides
+    settings = Settings(role_arn="", audience="", reply_topic="projects/p/topics/results", partials_bucket="parts",
+                        shard_topic="projects/p/topics/shards", shard_dead_letter_topic=DLQ, **given)
+    stores = Stores(runs=MemoryRuns(), blobs=MemoryBlobs(), shards=MemoryShardQueue())
+    publisher = Publisher()
+    store = MemoryStore(objects)
+
+    class Storage:
+        def ensure_credentials(self):
+            pass
+
+        def objects(self, bucket, job_id):
+            return store
+
+    return Worker(settings, Storage(), publisher, stores), stores, publisher
+
+
+def _job_message(job: dict, message_id: str = "m-1") -> dict:
+    return {"message": {"data": base64.b64encode(json.dumps(job).encode()).decode(), "messageId": message_id,
+                        "attributes": {}}}
+
+
+def _shard_message(run_id: str, shard_id: str) -> dict:
+    data = json.dumps({"run_id": run_id, "shard_id": shard_id}).encode()
+    return {"message": {"data": base64.b64encode(data).decode(), "messageId": f"s-{shard_id}",
+                        "attributes": {"kind": "shard", "run_id": run_id, "shard_id": shard_id}}}
+
+
+def _deliver_all(worker, stores, rng: random.Random, *, duplicates: float = 0.0, dead: set[str] = frozenset(),
+                 check_cap: bool = True) -> int:
+    """Deliver every published shard message in random order (some twice); return the deliveries."""
+    queue = stores.shards.messages
+    delivered = 0
+    while queue:
+        run_id, shard_id = queue.pop(rng.randrange(len(queue)))
+        if rng.random() < duplicates:
+            queue.append((run_id, shard_id))
+        source = f"//pubsub.googleapis.com/{DLQ}" if shard_id in dead else "//pubsub.googleapis.com/x/topics/shards"
+        worker.handle_pubsub(_shard_message(run_id, shard_id), f"s-{shard_id}", source=source)
+        delivered += 1
+        run = stores.runs.get_run(run_id)
+        if check_cap:
+            assert run.in_flight <= run.max_in_flight
+    return delivered
+
+
+
+@pytest.mark.parametrize("mode", ["metadata", "full"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_fanned_out_run_answers_once_with_the_figures_of_one_instance(mode, seed):
+    objects = _lake()
+    job = {"bucket": "bkt", "prefix": "lake/", "mode": mode}
+    alone, _, alone_out = _worker(objects)
+    alone.handle_pubsub(_job_message({**job, "fan_out": {"mode": "never"}}, "m-0"), "m-0")
+    worker, stores, out = _worker(objects)
+    assert worker.handle_pubsub(_job_message(job), "m-1") is None  # fanned out: the run answers
+    assert out.sent == []
+    deliveries = _deliver_all(worker, stores, random.Random(seed), duplicates=0.3)
+    (result,) = out.sent
+    run = stores.runs.get_run("m-1")
+    assert run.state == ANSWERED and run.shards_done == run.shards_total > 5
+    assert deliveries > run.shards_total  # duplicates were delivered, and counted once
+    assert not same_figures(result, alone_out.sent[0])
+    fan = result["fanout"]
+    assert fan["run_id"] == "m-1" and fan["failed"] == 0 and fan["coverage"] == 1.0
+    assert fan["objects_listed"] == len(objects) and fan["objects_read"] == result["files"] == 120
+    assert fan["bytes_listed"] == sum(len(v) for v in objects.values())
+
+
+def test_the_cap_on_shards_in_flight_holds_and_can_change_while_the_run_goes():
+    worker, stores, out = _worker(_lake(60))
+    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/", "fan_out": {"max_in_flight": 1}}), "m-1")
+    assert len(stores.shards.messages) == 1
+    run = stores.runs.get_run("m-1")
+    assert run.max_in_flight == 1 and run.in_flight == 1 and run.shards_open > 1
+    set_cap(stores, "m-1", 3)
+    assert len(stores.shards.messages) == 3 and stores.runs.get_run("m-1").in_flight == 3
+    _deliver_all(worker, stores, random.Random(3))
+    assert len(out.sent) == 1 and out.sent[0]["status"] == "ok"
+
+
+def test_a_dead_lettered_range_makes_the_answer_incomplete_and_a_redrive_completes_it():
+    objects = _lake(80)
+    worker, stores, out = _worker(objects)
+    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
+    victim = stores.shards.messages[0][1]
+    _deliver_all(worker, stores, random.Random(4), dead={victim})
+    (first,) = out.sent
+    assert first["status"] == "error" and first["error"]["code"] == "incomplete"
+    assert "redrive m-1" in first["error"]["message"]
+    (failed,) = first["fanout"]["failed_ranges"]
+    assert failed["shard_id"] == victim and "dead-lettered" in failed["error"]
+    assert [s.shard_id for s in stores.runs.shards("m-1", FAILED)] == [victim]
+    assert redrive(stores, "m-1") == [victim]
+    _deliver_all(worker, stores, random.Random(5))
+    second = out.sent[1]
+    assert second["status"] == "ok" and second["fanout"]["answer"] == 2 and second["fanout"]["redrives"] == 1
+    alone, _, alone_out = _worker(objects)
+    alone.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/", "fan_out": {"mode": "never"}}, "m-0"), "m-0")
+    assert not same_figures(second, alone_out.sent[0])
+
+
+def test_a_tolerated_failure_answers_ok_with_the_failed_range_and_the_coverage():
+    worker, stores, out = _worker(_lake(80))
+    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/",
+                                       "fan_out": {"tolerated_failure_percent": 50}}), "m-1")
+    victim = stores.shards.messages[0][1]
+    _deliver_all(worker, stores, random.Random(6), dead={victim})
+    (result,) = out.sent
+    fan = result["fanout"]
+    assert result["status"] == "ok" and fan["failed"] == 1 and 0 < fan["coverage"] < 1
+    assert result["files"] < 80 and fan["failed_ranges"][0]["shard_id"] == victim
+
+
+def test_a_shard_out_of_time_hands_its_unread_keys_on_and_the_run_completes(monkeypatch):
+    objects = _lake(40, flat=True)
+    worker, stores, out = _worker(objects, shard_seconds=1, shard_objects=1000, fanout_min_objects=1,
+                                  read_concurrency=1)
+    store = worker.storage.objects("b", "j")
+    slow_fetch = store.fetch
+
+    def fetch(key, start, end):
+        time.sleep(0.05)
+        return slow_fetch(key, start, end)
+
+    monkeypatch.setattr(store, "fetch", fetch)
+    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/", "fan_out": {"mode": "always"}}), "m-1")
+    _deliver_all(worker, stores, random.Random(7))
+    (result,) = out.sent
+    assert result["status"] == "ok" and result["files"] == 40
+    split = [s for s in stores.runs.shards("m-1") if len(s.children) > 1]
+    assert split, "no shard ran out of time"
+
+
+def test_status_reports_progress_and_an_estimate():
+    worker, stores, _ = _worker(_lake(60))
+    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
+    run_id, shard_id = stores.shards.messages.pop(0)
+    worker.handle_pubsub(_shard_message(run_id, shard_id), "s-1")
+    status = status_of(stores.runs.get_run("m-1"))
+    assert status["state"] == "running" and status["shards_done"] == 1 and status["eta_seconds"] is not None
+    assert status["objects_listed"] > 0
+
+
+def test_a_redelivered_job_message_starts_no_second_run():
+    worker, stores, out = _worker(_lake(60))
+    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
+    first = list(stores.shards.messages)
+    total = stores.runs.get_run("m-1").shards_total
+    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
+    assert sorted(stores.shards.messages[len(first):]) == sorted(first)  # the same shards again, no new ones
+    assert stores.runs.get_run("m-1").shards_total == total
+    _deliver_all(worker, stores, random.Random(8))
+    assert len(out.sent) == 1
+
+
+def test_small_jobs_and_http_jobs_run_on_one_instance():
+    worker, stores, out = _worker(_lake(10))
+    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
+    assert len(out.sent) == 1 and "fanout" not in out.sent[0] and not stores.shards.messages
+    answer = worker.handle_http(json.dumps({"bucket": "bkt", "prefix": "lake/", "fan_out": {"mode": "always"}}))
+    assert answer["error"]["code"] == "invalid_job" and "HTTP" in answer["error"]["message"]
