@@ -60,11 +60,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print(json.dumps(result, indent=2), flush=True)
             status, body = stack.post_job(jobs[0])
             _say(f"the same recipe job over HTTP: {status} rows={body.get('rows')} columns={body.get('columns')}")
+            _demo_fan_out(stack, args.objects)
     except KeyboardInterrupt:
         _say("interrupted; the local stack is stopped")
         return 130
     _say("the local stack is stopped")
     return 0
+
+
+def _demo_fan_out(stack, objects: int) -> None:
+    """A job over a few thousand objects fanned out to three instances behind a balancer, with its progress."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.devstack.datasets import lake_objects
+    from worker.devstack.fleet import Fleet
+    from worker.fanout import status_of
+
+    _say(f"fan-out: uploading {objects} objects to s3://demo-data/lake/ and starting 3 instances behind a balancer")
+    s3 = stack.aws_client("s3")
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda item: s3.put_object(Bucket="demo-data", Key=item[0], Body=item[1]),
+                      lake_objects(objects).items()))
+    env = {"SHARD_OBJECTS": "250", "FANOUT_MIN_OBJECTS": "1000", "FANOUT_MAX_IN_FLIGHT": "6"}
+    with Fleet(stack, "demo-fleet", instances=3, concurrency=2, env=env) as fleet:
+        job = {"bucket": "demo-data", "prefix": "lake/", "job_id": "demo-fan-out"}
+        run_id = stack.publish_job(job, topic=fleet.jobs_topic)
+        _say(f"published job demo-fan-out for s3://demo-data/lake/ ({objects} objects) as message {run_id}; "
+             f"it fans out (FANOUT_MIN_OBJECTS=1000): `python -m worker status {run_id}` shows what this shows")
+        assert stack.inbox is not None
+        runs = stack.run_store()
+        result = None
+        while result is None:
+            run = runs.get_run(run_id)
+            if run is not None:
+                line = render_run_progress(status_of(run))
+                sys.stderr.write("\r" + line if sys.stderr.isatty() else line + "\n")
+                sys.stderr.flush()
+            try:
+                result, _ = stack.inbox.wait_one("demo-fan-out", timeout=1.0 if sys.stderr.isatty() else 2.0)
+            except TimeoutError:
+                continue
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        _say("the fanned-out run's answer (abridged: the summary fields are as one instance gives them):")
+        print(json.dumps({k: result[k] for k in ("job_id", "status", "rows", "columns", "files", "fanout")
+                          if k in result}, indent=2), flush=True)
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
@@ -467,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the main job end to end on the local stack")
     demo.add_argument("--workdir", help="where the stack keeps its logs (default: a new temporary folder)")
+    demo.add_argument("--objects", type=int, default=3000, help="objects of the fanned-out job (default 3000)")
     demo.set_defaults(func=cmd_demo)
     stack = sub.add_parser("stack", help="start the local stack and keep it up until Ctrl-C, to try the CLI on")
     stack.add_argument("--workdir", help="where the stack keeps its logs, env.sh and trust.json")

@@ -241,9 +241,27 @@ def decide_finish(run_id: str, shard_id: str, outcome: Outcome, now: float):
         mine.dispatched += [s.shard_id for s in sent]
         merge = new.shards_open == 0 and new.state == RUNNING
         if merge:
-            new.state, new.merger = MERGING, shard_id
+            new.state, new.merger, new.merge_claimed_at = MERGING, shard_id, now
         writes = [mine, *children, *[s for s in sent if s not in children]]
         return Change(run=new, shards=writes, value=Finish(publish=[s.shard_id for s in sent], merge=merge))
+
+    return decide
+
+
+def decide_claim_merge(shard_id: str, now: float, stale_after: float):
+    """A redelivered merger message takes up building the answer only if no delivery has for ``stale_after``
+    seconds (the one that did is presumed dead): two live deliveries never both publish. The value: True
+    (build it now), False (the run is answered, or not this shard's to answer), None (another delivery is
+    building it: try again later)."""
+
+    def decide(run, _shard, _queued) -> Change:
+        if run is None or run.state != MERGING or run.merger != shard_id:
+            return Change(value=False)
+        if run.merge_claimed_at is not None and now - run.merge_claimed_at < stale_after:
+            return Change(value=None)
+        new = run.copy()
+        new.merge_claimed_at = now
+        return Change(run=new, value=True)
 
     return decide
 
@@ -273,7 +291,7 @@ def decide_requeue(shard_id: str, now: float, *, first: bool):
         mine = replace(shard, state=QUEUED, attempts=0, children=list(shard.children), dispatched=[])
         new.shards_failed -= 1
         new.shards_open += 1
-        new.state, new.merger = RUNNING, None
+        new.state, new.merger, new.merge_claimed_at = RUNNING, None, None
         new.redrives += first
         new.updated_at = now
         sent = dispatch(new, [mine, *queued])

@@ -183,6 +183,27 @@ class ColumnProfile:
             clone.kll = ds.kll_doubles_sketch.deserialize(self.kll.serialize())
         return clone
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The fields, with the sketches as their own serializations (bytes): what pickle and
+        :mod:`worker.partials` store, since the sketch objects themselves do not pickle."""
+        state = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        if self.hll is not None:
+            state["hll"] = self.hll.serialize_compact()
+        if self.kll is not None:
+            state["kll"] = self.kll.serialize()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """The inverse of ``__getstate__``: every field set, the sketches rebuilt from their bytes."""
+        if set(state) != set(self.__dataclass_fields__):
+            raise ValueError("a ColumnProfile state must name exactly its fields")
+        state = dict(state)
+        if state["hll"] is not None:
+            state["hll"] = ds.hll_sketch.deserialize(state["hll"])
+        if state["kll"] is not None:
+            state["kll"] = ds.kll_doubles_sketch.deserialize(state["kll"])
+        self.__dict__.update(state)
+
     def merge(self, other: ColumnProfile) -> ColumnProfile:
         merged = self.copy()
         merged.absorb(other)

@@ -84,6 +84,7 @@ class RunRecord:
     bytes_listed: int = 0
     bytes_read: int = 0
     merger: str | None = None  # the shard whose commit closed the run (it builds the answer)
+    merge_claimed_at: float | None = None  # when a delivery of the merger last took up building the answer
     answers: int = 0  # answers published (a redrive publishes another)
     answered_at: float | None = None
     result_message_id: str | None = None

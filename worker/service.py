@@ -42,6 +42,7 @@ from worker.fanout import (
     after,
     blob_name,
     decide_answered,
+    decide_claim_merge,
     decide_finish,
     decide_hand_off,
     decide_open,
@@ -345,7 +346,14 @@ class Worker:
         if shard.state in TERMINAL:
             replay(self.stores, run_id, shard)
             if run.state == MERGING and run.merger == shard_id:
-                self._merge(run_id)  # the closing shard's answer may not have gone out
+                # The closing shard again: its answer may not have gone out (a crash), or be going out now.
+                claim = runs.transact(run_id, None, decide_claim_merge(
+                    shard_id, time.time(), stale_after=self.settings.job_deadline_seconds + 60))
+                if claim is None:
+                    raise Retryable(f"run {run_id}: another delivery is building the answer; asking again later",
+                                    details={"step": "merging a run"})
+                if claim:
+                    self._merge(run_id)
             return
         if dead:
             outcome = Outcome(FAILED, error=f"dead-lettered after {shard.attempts} attempt(s)")
@@ -353,8 +361,13 @@ class Worker:
             return  # stale (queued again by a redrive): it gets a new message when dispatched
         else:
             outcome = self._read_shard(run, shard)
+        committing = time.monotonic()
         finish = runs.transact(run_id, shard_id, decide_finish(run_id, shard_id, outcome, time.time()))
         publish_after_commit(self.stores, run_id, finish.publish)
+        log.info("shard committed", extra={"fields": {
+            "run_id": run_id, "shard_id": shard_id, "state": outcome.state, "published": len(finish.publish),
+            "closes_run": finish.merge, "duplicate": finish.duplicate,
+            "commit_ms": round((time.monotonic() - committing) * 1000, 1)}})
         if finish.merge:
             self._merge(run_id)
 
@@ -364,51 +377,64 @@ class Worker:
         job = job_of(run.job)
         fields = _ids(job) | {"run_id": run.run_id, "shard_id": shard.shard_id}
         started = time.monotonic()
+        phases: dict[str, float] = {}
         self.stores.runs.note_attempt(run.run_id, shard.shard_id)
         try:
             self.storage.ensure_credentials()
             store = self.storage.objects(job.bucket, job.job_id)
             listing = list_range(store, job.prefix, shard.start, shard.stop)
-            own = list(itertools.islice(listing, self.settings.shard_objects))
+            with _phase(phases, "listing"):
+                own = list(itertools.islice(listing, self.settings.shard_objects))
+                more = bool(own) and next(listing, None) is not None
             stop = shard.stop
-            if own and next(listing, None) is not None:
+            if more:
                 # More than a shard's share: hand the rest of the range on now, so it is listed (and read) in
                 # parallel with this share, rather than after it.
                 cut = after(own[-1][0])
-                handed = self.stores.runs.transact(run.run_id, shard.shard_id,
-                                                   decide_hand_off(run.run_id, shard.shard_id, cut, time.time()))
-                if handed.terminal:
-                    raise _AlreadyDone
-                publish_after_commit(self.stores, run.run_id, handed.publish)
+                with _phase(phases, "hand_off"):
+                    handed = self.stores.runs.transact(
+                        run.run_id, shard.shard_id, decide_hand_off(run.run_id, shard.shard_id, cut, time.time()))
+                    if handed.terminal:
+                        raise _AlreadyDone
+                    publish_after_commit(self.stores, run.run_id, handed.publish)
                 stop = handed.stop
                 if stop != cut:  # an earlier delivery cut elsewhere: its cut stands
                     own = list(list_range(store, job.prefix, shard.start, stop))
-            budget = started + self.settings.shard_seconds
+            reading = time.monotonic()
+            budget = reading + self.settings.shard_seconds
             unread: list[str] = []
 
             def within_budget() -> Iterator[tuple[str, int]]:
-                for item in own:
-                    if time.monotonic() > budget:
-                        unread.append(item[0])
-                        return
+                for n, item in enumerate(own):
+                    now = time.monotonic()
+                    if now > budget:
+                        # Past the budget, hand on what would take more than a quarter of it again at the rate
+                        # so far: a few objects short of the end are read here (a shard per object costs more).
+                        rate = n / max(now - reading, 1e-3)
+                        left = len(own) - n
+                        if left >= 2 and left > rate * self.settings.shard_seconds / 4:
+                            unread.append(item[0])
+                            return
                     yield item
 
             tally = Tally()
             full = job.mode == "full"
-            summary = summarize_listing(
-                store, within_budget(), mode=job.mode, columns=job.columns,
-                deadline=started + self.settings.job_deadline_seconds,
-                concurrency=self.settings.full_mode_concurrency if full else self.settings.read_concurrency,
-                tally=tally, limits=self.settings.limits())
+            with _phase(phases, "reading"):
+                summary = summarize_listing(
+                    store, within_budget(), mode=job.mode, columns=job.columns,
+                    deadline=started + self.settings.job_deadline_seconds,
+                    concurrency=self.settings.full_mode_concurrency if full else self.settings.read_concurrency,
+                    tally=tally, limits=self.settings.limits())
             covered = unread[0] if unread else None
             handed_on = split_unread([k for k, _ in own if k >= covered], stop) if covered is not None else []
             name = blob_name(run.run_id, shard.shard_id, shard.start, covered if covered is not None else stop)
             from worker import partials
 
-            self.stores.blobs.put_once(name, partials.encode(summary))
-            if handed_on:
-                log.info("shard out of time: unread keys handed on",
-                         extra={"fields": fields | {"shards": len(handed_on), "unread": len(own) - tally.listed}})
+            with _phase(phases, "storing"):
+                self.stores.blobs.put_once(name, partials.encode(summary))
+            log.info("shard read", extra={"fields": fields | {
+                "objects": tally.listed, "handed_on": len(handed_on), "unread": len(own) - tally.listed,
+                "timings_ms": {k: round(v, 1) for k, v in phases.items()}}})
             return Outcome(DONE, partial=name, covered_stop=covered, handed=handed_on, listed=tally.listed,
                            parquet=tally.parquet, refused=tally.refused, first_refusal=tally.first_refusal,
                            bytes_listed=sum(size for k, size in own if covered is None or k < covered),

@@ -34,11 +34,30 @@ settings() {
   DEPLOY_HTTP=${DEPLOY_HTTP:-no}
   HTTP_INGRESS=${HTTP_INGRESS:-internal-only}
   SERVICE_AGENT_WAIT=${SERVICE_AGENT_WAIT:-60}
+  # Fan-out (README "Fan-out"): the runs database, the partials bucket, the shard topics; FANOUT_ENABLED=no
+  # leaves them out.
+  FANOUT_ENABLED=${FANOUT_ENABLED:-yes}
+  FIRESTORE_DATABASE=${FIRESTORE_DATABASE:-(default)}
+  CREATE_FIRESTORE_DATABASE=${CREATE_FIRESTORE_DATABASE:-yes}
+  FIRESTORE_LOCATION=${FIRESTORE_LOCATION:-$REGION}
+  RUNS_COLLECTION=${RUNS_COLLECTION:-summary-runs}
+  PARTIALS_RETENTION_DAYS=${PARTIALS_RETENTION_DAYS:-7}
+  SHARD_MAX_DELIVERY_ATTEMPTS=${SHARD_MAX_DELIVERY_ATTEMPTS:-5}
+  FANOUT_MAX_IN_FLIGHT=${FANOUT_MAX_IN_FLIGHT:-$MAX_INSTANCES}
   need_var PROJECT "the Google Cloud project ID"
   need_var DATA_BUCKET "the S3 bucket the worker may read"
   (( TIMEOUT_SECONDS >= 120 && TIMEOUT_SECONDS <= 540 )) || die "TIMEOUT_SECONDS must be between 120 and 540"
   (( MAX_DELIVERY_ATTEMPTS >= 5 && MAX_DELIVERY_ATTEMPTS <= 100 )) || die "MAX_DELIVERY_ATTEMPTS must be between 5 and 100"
   [[ "$DEPLOY_HTTP" == yes || "$DEPLOY_HTTP" == no ]] || die "DEPLOY_HTTP must be yes or no"
+  [[ "$FANOUT_ENABLED" == yes || "$FANOUT_ENABLED" == no ]] || die "FANOUT_ENABLED must be yes or no"
+  [[ "$CREATE_FIRESTORE_DATABASE" == yes || "$CREATE_FIRESTORE_DATABASE" == no ]] \
+    || die "CREATE_FIRESTORE_DATABASE must be yes or no"
+  [[ "$FIRESTORE_DATABASE" == "(default)" || "$FIRESTORE_DATABASE" =~ ^[a-z][a-z0-9-]{2,61}[a-z0-9]$ ]] \
+    || die "FIRESTORE_DATABASE is (default) or 4-63 lowercase letters, digits or hyphens"
+  [[ "$PARTIALS_RETENTION_DAYS" =~ ^[1-9][0-9]*$ ]] || die "PARTIALS_RETENTION_DAYS must be a whole number of days, at least 1"
+  (( SHARD_MAX_DELIVERY_ATTEMPTS >= 5 && SHARD_MAX_DELIVERY_ATTEMPTS <= 100 )) \
+    || die "SHARD_MAX_DELIVERY_ATTEMPTS must be between 5 and 100"
+  (( FANOUT_MAX_IN_FLIGHT >= 1 && FANOUT_MAX_IN_FLIGHT <= 1000 )) || die "FANOUT_MAX_IN_FLIGHT must be between 1 and 1000"
   if [[ "$DEPLOY_HTTP" == yes ]]; then
     [[ -n "${HTTP_INVOKERS:-}" ]] || die "DEPLOY_HTTP=yes needs HTTP_INVOKERS: who may call it (it is never public)"
     local member
@@ -57,6 +76,28 @@ settings() {
   # since mid-2024 has no build permissions. A given BUILD_SERVICE_ACCOUNT (an email) is used as is.
   BUILD_SA=${BUILD_SERVICE_ACCOUNT:-${NAME:0:24}-build@$PROJECT.iam.gserviceaccount.com}
   JOBS_TOPIC="$NAME-jobs" RESULTS_TOPIC="$NAME-results" DEAD_LETTER_TOPIC="$NAME-dead-letter"
+  SHARDS_TOPIC="$NAME-shards" SHARDS_DEAD_LETTER_TOPIC="$NAME-shards-dead-letter"
+  PARTIALS_BUCKET_NAME=$(bucket_name partials)
+}
+
+# A bucket of the project: PROJECT-NAME-SUFFIX, or, past Cloud Storage's 63 characters, its first 54
+# characters (trailing - and . dropped) and 8 hex characters of its SHA-256, as deploy/terraform/modules/plan.
+bucket_name() {  # bucket_name SUFFIX
+  local full="$PROJECT-$NAME-$1" cut
+  if (( ${#full} <= 63 )); then printf '%s' "$full"; return; fi
+  cut="$PROJECT-$NAME"
+  cut=$(sed -E 's/[-.]+$//' <<<"${cut:0:54}")
+  printf '%s-%s' "$cut" "$(printf '%s' "$full" | sha256sum | cut -c1-8)"
+}
+
+# The one Firestore grant of the worker is limited to the runs database by this IAM condition.
+firestore_condition() {
+  printf 'resource.name == "projects/%s/databases/%s"' "$PROJECT" "$FIRESTORE_DATABASE"
+}
+
+# The partials bucket's lifecycle (a --lifecycle-file): delete a partial PARTIALS_RETENTION_DAYS after it is written.
+partials_lifecycle() {
+  printf '{"rule": [{"action": {"type": "Delete"}, "condition": {"age": %d}}]}\n' "$PARTIALS_RETENTION_DAYS"
 }
 
 # The prefix of the default scheduled job: the first of the prefixes sorted byte-wise, as Terraform's
@@ -103,6 +144,15 @@ env = {
     "ALLOWED_REPLY_TOPICS": ",".join("${ALLOWED_REPLY_TOPICS:-}".split()),
     "THREADS": "$CONCURRENCY",
 }
+if "$FANOUT_ENABLED" == "yes":
+    env |= {
+        "PARTIALS_BUCKET": "$PARTIALS_BUCKET_NAME",
+        "SHARD_TOPIC": "projects/$PROJECT/topics/$SHARDS_TOPIC",
+        "SHARD_DEAD_LETTER_TOPIC": "projects/$PROJECT/topics/$SHARDS_DEAD_LETTER_TOPIC",
+        "FIRESTORE_DATABASE": "$FIRESTORE_DATABASE",
+        "RUNS_COLLECTION": "$RUNS_COLLECTION",
+        "FANOUT_MAX_IN_FLIGHT": "$FANOUT_MAX_IN_FLIGHT",
+    }
 print("\n".join(f"{k}: {json.dumps(v)}" for k, v in env.items()))
 PY
 }
@@ -171,28 +221,106 @@ topics() {
   ensure_pull_subscription "$DEAD_LETTER_TOPIC" "$DEAD_LETTER_TOPIC"
 }
 
-# The jobs subscription: push to the function (functions-framework turns the raw push into the
-# messagePublished CloudEvent; the path names the topic), retries with backoff, then the dead-letter topic.
-delivery() {  # delivery FUNCTION_URL
-  local url=$1
-  local want=(--push-endpoint="$url/projects/$PROJECT/topics/$JOBS_TOPIC"
+# A push subscription named as its topic: push to the function with an OIDC token of the push account
+# (functions-framework turns the raw push into the messagePublished CloudEvent; the path names the
+# topic), retries with backoff, and whatever else is given (a dead-letter topic).
+ensure_push_subscription() {  # ensure_push_subscription TOPIC FUNCTION_URL [FLAG...]
+  local topic=$1 url=$2
+  shift 2
+  local want=(--push-endpoint="$url/projects/$PROJECT/topics/$topic"
               --push-auth-service-account="$PUSH_SA" --push-auth-token-audience="$url" --ack-deadline=600
-              --min-retry-delay="$MIN_RETRY_DELAY" --max-retry-delay="$MAX_RETRY_DELAY"
-              --dead-letter-topic="projects/$PROJECT/topics/$DEAD_LETTER_TOPIC"
-              --max-delivery-attempts="$MAX_DELIVERY_ATTEMPTS" --message-retention-duration=7d)
+              --min-retry-delay="$MIN_RETRY_DELAY" --max-retry-delay="$MAX_RETRY_DELAY" "$@"
+              --message-retention-duration=7d)
   local before
-  if before=$(gcloud pubsub subscriptions describe "$JOBS_TOPIC" --project="$PROJECT" --format=json 2>/dev/null); then
-    gcloud pubsub subscriptions update "$JOBS_TOPIC" --project="$PROJECT" "${want[@]}" --quiet >/dev/null
-    if same_json "$before" "$(gcloud pubsub subscriptions describe "$JOBS_TOPIC" --project="$PROJECT" --format=json)"; then
-      say "subscription $JOBS_TOPIC: unchanged"
+  if before=$(gcloud pubsub subscriptions describe "$topic" --project="$PROJECT" --format=json 2>/dev/null); then
+    gcloud pubsub subscriptions update "$topic" --project="$PROJECT" "${want[@]}" --quiet >/dev/null
+    if same_json "$before" "$(gcloud pubsub subscriptions describe "$topic" --project="$PROJECT" --format=json)"; then
+      say "subscription $topic: unchanged"
     else
-      say "subscription $JOBS_TOPIC: updated"
+      say "subscription $topic: updated"
     fi
   else
-    gcloud pubsub subscriptions create "$JOBS_TOPIC" --topic="$JOBS_TOPIC" --project="$PROJECT" \
+    gcloud pubsub subscriptions create "$topic" --topic="$topic" --project="$PROJECT" \
       --expiration-period=never "${want[@]}" --quiet >/dev/null
-    say "subscription $JOBS_TOPIC: created"
+    say "subscription $topic: created"
   fi
+}
+
+# The jobs subscription: after MAX_DELIVERY_ATTEMPTS, the dead-letter topic.
+delivery() {  # delivery FUNCTION_URL
+  ensure_push_subscription "$JOBS_TOPIC" "$1" --dead-letter-topic="projects/$PROJECT/topics/$DEAD_LETTER_TOPIC" \
+    --max-delivery-attempts="$MAX_DELIVERY_ATTEMPTS"
+}
+
+# -- fan-out (each step only with FANOUT_ENABLED=yes) ----------------------------------------------------
+
+# The runs database: Firestore in Native mode. A project's (default) database may already exist: it is
+# used if it is in Native mode; one in Datastore mode cannot hold runs (set FIRESTORE_DATABASE to a new ID).
+runs_database() {
+  local type
+  if type=$(gcloud firestore databases describe --database="$FIRESTORE_DATABASE" --project="$PROJECT" \
+              --format='value(type)' 2>/dev/null); then
+    [[ "$type" == FIRESTORE_NATIVE ]] || die "Firestore database $FIRESTORE_DATABASE is in $type mode, not Native \
+mode: set FIRESTORE_DATABASE to a new database ID (deploy.sh creates it)"
+    say "Firestore database $FIRESTORE_DATABASE: exists"
+  elif [[ "$CREATE_FIRESTORE_DATABASE" == yes ]]; then
+    gcloud firestore databases create --database="$FIRESTORE_DATABASE" --location="$FIRESTORE_LOCATION" \
+      --type=firestore-native --project="$PROJECT" --quiet >/dev/null
+    say "Firestore database $FIRESTORE_DATABASE: created in $FIRESTORE_LOCATION"
+  else
+    die "Firestore database $FIRESTORE_DATABASE does not exist (CREATE_FIRESTORE_DATABASE=no)"
+  fi
+}
+
+# The partials bucket: private, uniform access, no soft delete, partials deleted after PARTIALS_RETENTION_DAYS.
+# Its settings are applied on every run (the same settings: no change).
+partials_bucket() {
+  local lifecycle
+  lifecycle=$(mktemp)
+  partials_lifecycle >"$lifecycle"
+  if exists gcloud storage buckets describe "gs://$PARTIALS_BUCKET_NAME" --project="$PROJECT"; then
+    say "bucket $PARTIALS_BUCKET_NAME: exists"
+  else
+    gcloud storage buckets create "gs://$PARTIALS_BUCKET_NAME" --project="$PROJECT" --location="$REGION" \
+      --uniform-bucket-level-access --public-access-prevention --soft-delete-duration=0 --quiet >/dev/null
+    say "bucket $PARTIALS_BUCKET_NAME: created"
+  fi
+  gcloud storage buckets update "gs://$PARTIALS_BUCKET_NAME" --project="$PROJECT" --lifecycle-file="$lifecycle" \
+    --uniform-bucket-level-access --public-access-prevention --soft-delete-duration=0 --quiet >/dev/null
+  rm -f "$lifecycle"
+  say "bucket $PARTIALS_BUCKET_NAME: partials deleted after $PARTIALS_RETENTION_DAYS days"
+}
+
+fanout_topics() {
+  ensure_topic "$SHARDS_TOPIC"; ensure_topic "$SHARDS_DEAD_LETTER_TOPIC"
+}
+
+# The worker: read and write runs (in the runs database only), create and read partials (never delete or
+# overwrite them), publish shards. Pub/Sub's service agent moves undeliverable shards to their dead-letter topic.
+fanout_grants() {  # fanout_grants PUBSUB_AGENT
+  gcloud projects add-iam-policy-binding "$PROJECT" --member="serviceAccount:$WORKER_SA" --role=roles/datastore.user \
+    --condition="expression=$(firestore_condition),title=runs database only,description=Firestore read/write on \
+projects/$PROJECT/databases/$FIRESTORE_DATABASE only" --quiet >/dev/null
+  local role
+  for role in roles/storage.objectCreator roles/storage.objectViewer; do
+    gcloud storage buckets add-iam-policy-binding "gs://$PARTIALS_BUCKET_NAME" --member="serviceAccount:$WORKER_SA" \
+      --role="$role" --quiet >/dev/null
+  done
+  gcloud pubsub topics add-iam-policy-binding "$SHARDS_TOPIC" --project="$PROJECT" \
+    --member="serviceAccount:$WORKER_SA" --role=roles/pubsub.publisher --quiet >/dev/null
+  grant_to_agent gcloud pubsub topics add-iam-policy-binding "$SHARDS_DEAD_LETTER_TOPIC" --project="$PROJECT" \
+    --member="$1" --role=roles/pubsub.publisher --quiet
+}
+
+# Shards reach the same function as jobs, then (after SHARD_MAX_DELIVERY_ATTEMPTS) their dead-letter topic,
+# which is pushed to the function too: it records the shard as failed.
+fanout_delivery() {  # fanout_delivery FUNCTION_URL PUBSUB_AGENT
+  ensure_push_subscription "$SHARDS_TOPIC" "$1" \
+    --dead-letter-topic="projects/$PROJECT/topics/$SHARDS_DEAD_LETTER_TOPIC" \
+    --max-delivery-attempts="$SHARD_MAX_DELIVERY_ATTEMPTS"
+  ensure_push_subscription "$SHARDS_DEAD_LETTER_TOPIC" "$1"
+  grant_to_agent gcloud pubsub subscriptions add-iam-policy-binding "$SHARDS_TOPIC" --project="$PROJECT" \
+    --member="$2" --role=roles/pubsub.subscriber --quiet
 }
 
 main() {
@@ -204,10 +332,12 @@ main() {
     || die "gcloud has no active account: run 'gcloud auth login' first"
 
   say "1/8 APIs and service agents"
-  gcloud services enable artifactregistry.googleapis.com cloudbuild.googleapis.com cloudfunctions.googleapis.com \
-    cloudresourcemanager.googleapis.com cloudscheduler.googleapis.com iam.googleapis.com \
-    iamcredentials.googleapis.com logging.googleapis.com pubsub.googleapis.com run.googleapis.com \
-    storage.googleapis.com --project="$PROJECT" --quiet
+  local apis=(artifactregistry.googleapis.com cloudbuild.googleapis.com cloudfunctions.googleapis.com
+              cloudresourcemanager.googleapis.com cloudscheduler.googleapis.com iam.googleapis.com
+              iamcredentials.googleapis.com logging.googleapis.com pubsub.googleapis.com run.googleapis.com
+              storage.googleapis.com)
+  if [[ "$FANOUT_ENABLED" == yes ]]; then apis+=(firestore.googleapis.com); fi
+  gcloud services enable "${apis[@]}" --project="$PROJECT" --quiet
   # Service agents may not exist right after their API is enabled: create them (a no-op when they do).
   local pubsub_agent scheduler_agent
   pubsub_agent="serviceAccount:$(gcloud beta services identity create --service=pubsub.googleapis.com \
@@ -239,12 +369,18 @@ main() {
   role_arn=$(ROLE_NAME=$ROLE_NAME UNIQUE_ID=$unique_id AUDIENCE=$AUDIENCE DATA_BUCKET=$DATA_BUCKET \
              DATA_PREFIXES=${DATA_PREFIXES:-} AWS_REGION=$AWS_REGION "$here/aws-role.sh")
 
-  say "4/8 topics and subscriptions"
+  say "4/8 topics and subscriptions (with fan-out: the runs database and the partials bucket)"
   topics
+  if [[ "$FANOUT_ENABLED" == yes ]]; then
+    fanout_topics; runs_database; partials_bucket
+  fi
 
   say "5/8 the function"
   local env_file
-  env_file=$(mktemp); trap 'rm -f "$env_file"' EXIT
+  # Expanded now: at exit main's locals are gone (and set -u would fail the script on them).
+  env_file=$(mktemp)
+  # shellcheck disable=SC2064
+  trap "rm -f -- '$env_file'" EXIT
   function_env "$role_arn" >"$env_file"
   # Redeploy only when the source or the settings changed: their digest is a label of the function.
   local digest deployed
@@ -283,11 +419,16 @@ main() {
     grant_to_agent gcloud pubsub topics add-iam-policy-binding "$JOBS_TOPIC" --project="$PROJECT" \
       --member="$scheduler_agent" --role=roles/pubsub.publisher --quiet
   fi
+  if [[ "$FANOUT_ENABLED" == yes ]]; then fanout_grants "$pubsub_agent"; fi
 
   say "7/8 delivery: $JOBS_TOPIC -> push (OIDC) -> $NAME, retries, dead letters after $MAX_DELIVERY_ATTEMPTS attempts"
   delivery "$url"
   grant_to_agent gcloud pubsub subscriptions add-iam-policy-binding "$JOBS_TOPIC" --project="$PROJECT" \
     --member="$pubsub_agent" --role=roles/pubsub.subscriber --quiet
+  if [[ "$FANOUT_ENABLED" == yes ]]; then
+    say "7/8 delivery: $SHARDS_TOPIC -> push (OIDC) -> $NAME, dead letters after $SHARD_MAX_DELIVERY_ATTEMPTS attempts -> $SHARDS_DEAD_LETTER_TOPIC -> $NAME"
+    fanout_delivery "$url" "$pubsub_agent"
+  fi
 
   say "8/8 schedule"
   local job

@@ -13,7 +13,7 @@ locals {
   build_account = coalesce(var.build_service_account, one(google_service_account.build[*].email))
   worker_url    = google_cloudfunctions2_function.worker.service_config[0].uri
 
-  # The function's settings: the names worker/config.py reads.
+  # The function's settings: the names worker/config.py reads (with module.plan.fanout_environment's).
   environment = {
     AWS_ROLE_ARN         = module.aws_role.role_arn
     ID_TOKEN_AUDIENCE    = local.audience
@@ -42,12 +42,19 @@ module "plan" {
   schedule      = var.schedule
   scheduled_job = var.scheduled_job
   source_dir    = local.repo
+
+  fanout_enabled          = var.fanout_enabled
+  firestore_database      = var.firestore_database
+  runs_collection         = var.runs_collection
+  max_instances           = var.max_instances
+  fanout_max_in_flight    = var.fanout_max_in_flight
+  partials_retention_days = var.partials_retention_days
 }
 
 # No data source reads the project at plan time, so a first plan needs no API but Service Usage.
-# Cloud Resource Manager is enabled for the project-level grant below (and for gcloud's project lookups).
+# Cloud Resource Manager is enabled for the project-level grants below (and for gcloud's project lookups).
 resource "google_project_service" "apis" {
-  for_each = toset([
+  for_each = toset(concat([
     "artifactregistry.googleapis.com",
     "cloudbuild.googleapis.com",
     "cloudfunctions.googleapis.com",
@@ -59,7 +66,7 @@ resource "google_project_service" "apis" {
     "pubsub.googleapis.com",
     "run.googleapis.com",
     "storage.googleapis.com",
-  ])
+  ], var.fanout_enabled ? ["firestore.googleapis.com"] : []))
   project            = var.project
   service            = each.value
   disable_on_destroy = false
@@ -254,10 +261,17 @@ resource "google_cloudfunctions2_function" "worker" {
     ingress_settings                 = "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision   = true
     service_account_email            = google_service_account.worker.email
-    environment_variables            = local.environment
+    environment_variables            = merge(local.environment, module.plan.fanout_environment)
   }
 
-  depends_on = [google_project_service.apis, time_sleep.build_grants]
+  # The fan-out settings name these (by name, from module.plan): they exist, and the worker may use them,
+  # before the function runs a job.
+  depends_on = [
+    google_project_service.apis, time_sleep.build_grants,
+    google_firestore_database.runs, google_storage_bucket.partials, google_pubsub_topic.shards,
+    google_pubsub_topic.shard_dead_letter, google_project_iam_member.worker_uses_runs_database,
+    google_storage_bucket_iam_member.worker_partials, google_pubsub_topic_iam_member.worker_publishes_shards,
+  ]
 
   lifecycle {
     precondition {
@@ -297,19 +311,24 @@ resource "google_cloudfunctions2_function" "http" {
     ingress_settings                 = var.http_ingress_settings
     all_traffic_on_latest_revision   = true
     service_account_email            = google_service_account.worker.email
-    environment_variables            = local.environment
+    environment_variables            = merge(local.environment, module.plan.fanout_environment)
   }
 
+  # The fan-out settings name these (by name, from module.plan): they exist, and the worker may use them,
+  # before the function runs a job.
+  depends_on = [
+    google_project_service.apis, time_sleep.build_grants,
+    google_firestore_database.runs, google_storage_bucket.partials, google_pubsub_topic.shards,
+    google_pubsub_topic.shard_dead_letter, google_project_iam_member.worker_uses_runs_database,
+    google_storage_bucket_iam_member.worker_partials, google_pubsub_topic_iam_member.worker_publishes_shards,
+  ]
+
+  # One lifecycle block per resource (Terraform refuses a second: "Duplicate lifecycle block").
   lifecycle {
     precondition {
       condition     = length(var.http_invokers) > 0
       error_message = "http_function is true but http_invokers is empty: name who may call it (it is never public)."
     }
-  }
-
-  depends_on = [google_project_service.apis, time_sleep.build_grants]
-
-  lifecycle {
     precondition {
       condition     = var.concurrency == 1 || tonumber(var.cpu) >= 1
       error_message = "concurrency above 1 needs cpu of at least 1 (Cloud Run's rule)."
@@ -474,4 +493,179 @@ resource "time_sleep" "key_grant" {
   count           = var.kms_key_name == null ? 0 : 1
   create_duration = var.service_agent_wait
   depends_on      = [google_kms_crypto_key_iam_member.pubsub_uses_key]
+}
+
+# -- fan-out: the runs database, the partials bucket, shard delivery (all absent unless fanout_enabled) ----------
+
+# Run and shard records. A project's (default) database may already exist (made with App Engine or by
+# hand): then set create_firestore_database = false (or import it); it must be in Native mode.
+resource "google_firestore_database" "runs" {
+  count       = var.fanout_enabled && var.create_firestore_database ? 1 : 0
+  project     = var.project
+  name        = var.firestore_database
+  location_id = coalesce(var.firestore_location, var.region)
+  type        = "FIRESTORE_NATIVE"
+  # terraform destroy leaves the database (and its runs) in place; the provider's default, said aloud.
+  deletion_policy = "ABANDON"
+  depends_on      = [google_project_service.apis]
+}
+
+# Partial summaries: written once each (a generation precondition), read by the merge, then deleted by the
+# lifecycle rule. No soft delete: a deleted partial is of no use, and would be billed for another week.
+resource "google_storage_bucket" "partials" {
+  #checkov:skip=CKV_GCP_62:holds only transient partial summaries the worker writes and reads; Cloud Audit Logs record access
+  #checkov:skip=CKV_GCP_78:objects are written once and never overwritten (the worker may not delete); the lifecycle rule removes them
+  count                       = var.fanout_enabled ? 1 : 0
+  project                     = var.project
+  name                        = local.names.partials_bucket
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = true
+  soft_delete_policy {
+    retention_duration_seconds = 0
+  }
+  lifecycle_rule {
+    condition {
+      age = var.partials_retention_days
+    }
+    action {
+      type = "Delete"
+    }
+  }
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_pubsub_topic" "shards" {
+  #checkov:skip=CKV_GCP_83:Google-managed encryption unless kms_key_name names a customer-managed key
+  count        = var.fanout_enabled ? 1 : 0
+  project      = var.project
+  name         = local.names.shard_topic
+  kms_key_name = var.kms_key_name
+  depends_on   = [google_project_service.apis, time_sleep.key_grant]
+}
+
+resource "google_pubsub_topic" "shard_dead_letter" {
+  #checkov:skip=CKV_GCP_83:Google-managed encryption unless kms_key_name names a customer-managed key
+  count        = var.fanout_enabled ? 1 : 0
+  project      = var.project
+  name         = local.names.shard_dead_letter_topic
+  kms_key_name = var.kms_key_name
+  depends_on   = [google_project_service.apis, time_sleep.key_grant]
+}
+
+# Shards reach the same function as jobs (handle_pubsub tells them apart by the topic in the push path),
+# with retries, then the shard dead-letter topic.
+resource "google_pubsub_subscription" "shards" {
+  count   = var.fanout_enabled ? 1 : 0
+  project = var.project
+  name    = local.names.shard_topic
+  topic   = google_pubsub_topic.shards[0].id
+
+  ack_deadline_seconds       = 600
+  message_retention_duration = "604800s"
+
+  push_config {
+    push_endpoint = "${local.worker_url}/${google_pubsub_topic.shards[0].id}"
+    oidc_token {
+      service_account_email = google_service_account.push.email
+      audience              = local.worker_url
+    }
+  }
+
+  retry_policy {
+    minimum_backoff = var.minimum_backoff
+    maximum_backoff = var.maximum_backoff
+  }
+
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.shard_dead_letter[0].id
+    max_delivery_attempts = var.shard_max_delivery_attempts
+  }
+
+  expiration_policy {
+    ttl = ""
+  }
+
+  depends_on = [google_cloud_run_v2_service_iam_member.push_invokes_worker]
+}
+
+# A dead-lettered shard is pushed to the function too, which records it as failed with its key range.
+# No dead-letter topic of its own: it is retried (with backoff) while the message is kept, a week.
+resource "google_pubsub_subscription" "shard_dead_letter" {
+  count   = var.fanout_enabled ? 1 : 0
+  project = var.project
+  name    = local.names.shard_dead_letter_topic
+  topic   = google_pubsub_topic.shard_dead_letter[0].id
+
+  ack_deadline_seconds       = 600
+  message_retention_duration = "604800s"
+
+  push_config {
+    push_endpoint = "${local.worker_url}/${google_pubsub_topic.shard_dead_letter[0].id}"
+    oidc_token {
+      service_account_email = google_service_account.push.email
+      audience              = local.worker_url
+    }
+  }
+
+  retry_policy {
+    minimum_backoff = var.minimum_backoff
+    maximum_backoff = var.maximum_backoff
+  }
+
+  expiration_policy {
+    ttl = ""
+  }
+
+  depends_on = [google_cloud_run_v2_service_iam_member.push_invokes_worker]
+}
+
+# The worker: read and write runs, in the runs database only (an IAM condition on the project-level role:
+# Firestore has no database-level IAM policy) ...
+resource "google_project_iam_member" "worker_uses_runs_database" {
+  count   = var.fanout_enabled ? 1 : 0
+  project = var.project
+  role    = "roles/datastore.user"
+  member  = google_service_account.worker.member
+  condition {
+    title       = "runs database only"
+    description = "Firestore read/write on ${module.plan.firestore_database_name} only"
+    expression  = module.plan.firestore_condition
+  }
+  depends_on = [google_project_service.apis]
+}
+
+# ... create and read partials, never delete or overwrite them (an overwrite needs storage.objects.delete) ...
+resource "google_storage_bucket_iam_member" "worker_partials" {
+  for_each = var.fanout_enabled ? toset(["roles/storage.objectCreator", "roles/storage.objectViewer"]) : toset([])
+  bucket   = google_storage_bucket.partials[0].name
+  role     = each.value
+  member   = google_service_account.worker.member
+}
+
+# ... and publish shards.
+resource "google_pubsub_topic_iam_member" "worker_publishes_shards" {
+  count   = var.fanout_enabled ? 1 : 0
+  project = var.project
+  topic   = google_pubsub_topic.shards[0].name
+  role    = "roles/pubsub.publisher"
+  member  = google_service_account.worker.member
+}
+
+# Pub/Sub's service agent moves undeliverable shards to the shard dead-letter topic, as for jobs.
+resource "google_pubsub_topic_iam_member" "pubsub_publishes_shard_dead_letters" {
+  count   = var.fanout_enabled ? 1 : 0
+  project = var.project
+  topic   = google_pubsub_topic.shard_dead_letter[0].name
+  role    = "roles/pubsub.publisher"
+  member  = local.pubsub_agent
+}
+
+resource "google_pubsub_subscription_iam_member" "pubsub_acks_dead_lettered_shards" {
+  count        = var.fanout_enabled ? 1 : 0
+  project      = var.project
+  subscription = google_pubsub_subscription.shards[0].name
+  role         = "roles/pubsub.subscriber"
+  member       = local.pubsub_agent
 }

@@ -46,3 +46,8 @@ output "http_function_url" {
   description = "The HTTP entry point's URL (authenticated: an ID token of an http_invokers principal); null unless http_function."
   value       = one(google_cloudfunctions2_function.http[*].service_config[0].uri)
 }
+
+output "fanout" {
+  description = "What fan-out uses (the function's PARTIALS_BUCKET, SHARD_TOPIC, SHARD_DEAD_LETTER_TOPIC, FIRESTORE_DATABASE, RUNS_COLLECTION, FANOUT_MAX_IN_FLIGHT); empty when fanout_enabled is false."
+  value       = module.plan.fanout_environment
+}

@@ -89,9 +89,14 @@ variable "cpu" {
 }
 
 variable "max_instances" {
-  description = "Most instances at once: an upper bound on parallel jobs and on S3 request rate."
+  description = "Most instances at once (the function's max_instance_count): an upper bound on parallel jobs and shards and on S3 request rate; also the default cap on a run's shards in flight (fanout_max_in_flight)."
   type        = number
   default     = 10
+
+  validation {
+    condition     = var.max_instances >= 1 && var.max_instances <= 1000
+    error_message = "max_instances must be between 1 and 1000."
+  }
 }
 
 variable "concurrency" {
@@ -211,4 +216,79 @@ variable "service_agent_wait" {
   description = "How long to wait after creating the Pub/Sub and Cloud Scheduler service agents before granting them roles (a new agent takes a while to be known to IAM)."
   type        = string
   default     = "60s"
+}
+
+# -- fan-out (a job too big for one instance is split into shards: README "Fan-out") ---------------------
+
+variable "fanout_enabled" {
+  description = "Deploy what fan-out needs: the Firestore runs database, the partials bucket, the shard topic and its dead-letter topic with their push subscriptions, the worker's grants on them and the function's fan-out settings. false leaves all of it out (every job runs on one instance)."
+  type        = bool
+  default     = true
+}
+
+variable "firestore_database" {
+  description = "ID of the Firestore database (Native mode) that holds runs (FIRESTORE_DATABASE)."
+  type        = string
+  default     = "(default)"
+
+  validation {
+    condition     = var.firestore_database == "(default)" || can(regex("^[a-z][a-z0-9-]{2,61}[a-z0-9]$", var.firestore_database))
+    error_message = "firestore_database is (default) or 4-63 lowercase letters, digits or hyphens, starting with a letter and ending with a letter or digit."
+  }
+}
+
+variable "create_firestore_database" {
+  description = "Create firestore_database. Set false when it already exists (a project's (default) database often does: creating it again fails with 409 already exists); it must be in Native mode, not Datastore mode. Or keep true and import it: terraform import 'google_firestore_database.runs[0]' projects/PROJECT/databases/ID."
+  type        = bool
+  default     = true
+}
+
+variable "firestore_location" {
+  description = "Location of a created firestore_database (a region such as us-central1, or a multi-region such as nam5); null: region. It cannot be changed later."
+  type        = string
+  default     = null
+}
+
+variable "runs_collection" {
+  description = "Top-level Firestore collection of runs (RUNS_COLLECTION)."
+  type        = string
+  default     = "summary-runs"
+
+  validation {
+    condition     = length(var.runs_collection) <= 1500 && can(regex("^[^/]+$", var.runs_collection)) && !contains([".", ".."], var.runs_collection) && !can(regex("^__.*__$", var.runs_collection))
+    error_message = "runs_collection is a Firestore collection ID: no '/', not . or .., not __name__-like."
+  }
+}
+
+variable "partials_retention_days" {
+  description = "The partials bucket deletes a partial summary this many days after it is written: runs (and a redrive of their failed shards) must complete within it."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.partials_retention_days >= 1 && floor(var.partials_retention_days) == var.partials_retention_days
+    error_message = "partials_retention_days is a whole number of days, at least 1."
+  }
+}
+
+variable "shard_max_delivery_attempts" {
+  description = "Deliveries of a shard message before it moves to the shard dead-letter topic (5 to 100); the worker then records the shard as failed."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.shard_max_delivery_attempts >= 5 && var.shard_max_delivery_attempts <= 100
+    error_message = "shard_max_delivery_attempts must be between 5 and 100 (Pub/Sub's limits)."
+  }
+}
+
+variable "fanout_max_in_flight" {
+  description = "Default cap on a run's shards in flight (FANOUT_MAX_IN_FLIGHT; a job may ask for another, up to 1000); null: max_instances."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.fanout_max_in_flight == null || try(var.fanout_max_in_flight >= 1 && var.fanout_max_in_flight <= 1000, false)
+    error_message = "fanout_max_in_flight must be between 1 and 1000."
+  }
 }

@@ -14,7 +14,7 @@ import pytest
 from worker.config import Settings
 from worker.policies import permissions_policy, trust_policy
 
-from .terraform import TERRAFORM, evaluate, load, policy_json, simplified
+from .terraform import FANOUT_RESOURCES, FANOUT_SETTINGS, TERRAFORM, evaluate, load, policy_json, simplified
 
 REPO = Path(__file__).resolve().parents[2]
 UNIQUE_ID = "104729000000000000123"
@@ -58,12 +58,22 @@ def test_no_aws_user_key_or_google_key_anywhere(tf):
     assert not forbidden & set(tf["resource"])
     text = "\n".join(p.read_text() for p in TERRAFORM.rglob("*.tf") if ".terraform" not in p.parts)
     assert not re.search(r"AKIA[0-9A-Z]{16}|secret_key|access_key|private_key", text)
-    # One project-wide role only: Cloud Build's own, to the account that builds the function.
-    project_grants = {t: r for t in tf["resource"] if t.startswith("google_project_iam")
-                      for r in resources(tf, t).values()}
-    assert project_grants == {"google_project_iam_member": {
-        "project": "${var.project}", "role": "roles/cloudbuild.builds.builder",
-        "member": "serviceAccount:${local.build_account}", "depends_on": ["${google_project_service.apis}"]}}
+    # Two project-level grants only: Cloud Build's own role to the account that builds the function, and
+    # Firestore read/write to the worker, narrowed by an IAM condition to the runs database.
+    project_grants = {(t, n): r for t in tf["resource"] if t.startswith("google_project_iam")
+                      for n, r in resources(tf, t).items()}
+    assert project_grants == {
+        ("google_project_iam_member", "build_account_builds"): {
+            "project": "${var.project}", "role": "roles/cloudbuild.builds.builder",
+            "member": "serviceAccount:${local.build_account}", "depends_on": ["${google_project_service.apis}"]},
+        ("google_project_iam_member", "worker_uses_runs_database"): {
+            "count": "${var.fanout_enabled ? 1 : 0}", "project": "${var.project}", "role": "roles/datastore.user",
+            "member": "${google_service_account.worker.member}",
+            "condition": [{"title": "runs database only",
+                           "description": "Firestore read/write on ${module.plan.firestore_database_name} only",
+                           "expression": "${module.plan.firestore_condition}"}],
+            "depends_on": ["${google_project_service.apis}"]},
+    }
 
 
 def test_jobs_are_delivered_with_retries_and_a_dead_letter_topic(tf):
@@ -118,8 +128,10 @@ def test_the_function_is_the_pubsub_entry_point_within_540_seconds_and_internal(
 
 
 def test_the_function_settings_are_what_the_worker_reads(tf):
-    service = resources(tf, "google_cloudfunctions2_function")["worker"]["service_config"][0]
-    assert service["environment_variables"] == "${local.environment}"
+    for function in resources(tf, "google_cloudfunctions2_function").values():
+        # The fan-out settings are computed (and evaluated by test_terraform_binary.py) in modules/plan.
+        assert function["service_config"][0]["environment_variables"] == \
+            "${merge(local.environment, module.plan.fanout_environment)}"
     scope = {"module.aws_role.role_arn": "arn:aws:iam::123456789012:role/parquet-summary",
              "local.audience": "//iam.amazonaws.com/parquet-summary",
              "google_pubsub_topic.results.id": "projects/my-project/topics/parquet-summary-results",
@@ -135,22 +147,40 @@ def test_the_function_settings_are_what_the_worker_reads(tf):
     assert settings.region == "eu-west-1" and settings.allowed_buckets == {"my-data"}
     assert settings.job_deadline_seconds == 480 < tf["variable"]["timeout_seconds"]["default"]
     config = (REPO / "worker" / "config.py").read_text()
-    for name in set(env) - {"THREADS"}:  # THREADS is functions-framework's (gunicorn threads), not the worker's
+    # THREADS is functions-framework's (gunicorn threads), not the worker's.
+    for name in (set(env) - {"THREADS"}) | FANOUT_SETTINGS:
         assert re.search(rf'^{name} = "{name}"$', config, re.M), f"worker/config.py does not read {name}"
+    assert not set(env) & FANOUT_SETTINGS, "the fan-out settings come from modules/plan, present only with fan-out"
 
 
-def test_the_worker_account_may_only_publish_results(tf):
-    worker_grants = [(t, r) for t in tf["resource"] if t.endswith(("_iam_member", "_iam_binding", "_iam_policy"))
-                     for r in resources(tf, t).values() if "google_service_account.worker" in json.dumps(r)]
-    assert worker_grants == [
-        ("google_pubsub_topic_iam_member", {"project": "${var.project}", "topic": "${google_pubsub_topic.results.name}",
-                                            "role": "roles/pubsub.publisher",
-                                            "member": "${google_service_account.worker.member}"}),
-        ("google_pubsub_topic_iam_member", {"for_each": "${toset(var.allowed_reply_topics)}", "topic": "${each.value}",
-                                            "role": "roles/pubsub.publisher",
-                                            "member": "${google_service_account.worker.member}"}),
-    ]
-    # ... and those are the topics a job may name as its reply_topic.
+def test_the_worker_account_has_only_its_own_grants(tf):
+    worker_grants = {(t, n): r for t in tf["resource"] if t.endswith(("_iam_member", "_iam_binding", "_iam_policy"))
+                     for n, r in resources(tf, t).items() if "google_service_account.worker" in json.dumps(r)}
+    member = "${google_service_account.worker.member}"
+    assert worker_grants == {
+        ("google_pubsub_topic_iam_member", "worker_publishes_results"): {
+            "project": "${var.project}", "topic": "${google_pubsub_topic.results.name}",
+            "role": "roles/pubsub.publisher", "member": member},
+        ("google_pubsub_topic_iam_member", "worker_publishes_allowed_replies"): {
+            "for_each": "${toset(var.allowed_reply_topics)}", "topic": "${each.value}",
+            "role": "roles/pubsub.publisher", "member": member},
+        # Fan-out: publish shards; create and read partials (no delete, so no overwrite); Firestore in the
+        # runs database only (test_no_aws_user_key_or_google_key_anywhere checks the condition).
+        ("google_pubsub_topic_iam_member", "worker_publishes_shards"): {
+            "count": "${var.fanout_enabled ? 1 : 0}", "project": "${var.project}",
+            "topic": "${google_pubsub_topic.shards[0].name}", "role": "roles/pubsub.publisher", "member": member},
+        ("google_storage_bucket_iam_member", "worker_partials"): {
+            "for_each": '${var.fanout_enabled ? toset(["roles/storage.objectCreator", "roles/storage.objectViewer"])'
+                        ' : toset([])}',
+            "bucket": "${google_storage_bucket.partials[0].name}", "role": "${each.value}", "member": member},
+        ("google_project_iam_member", "worker_uses_runs_database"):
+            resources(tf, "google_project_iam_member")["worker_uses_runs_database"],
+    }
+    # ... no other grant on the partials bucket, to anyone ...
+    on_partials = [r for t in tf["resource"] if t.startswith("google_storage_bucket_iam")
+                   for r in resources(tf, t).values() if "google_storage_bucket.partials" in json.dumps(r)]
+    assert on_partials == [worker_grants[("google_storage_bucket_iam_member", "worker_partials")]]
+    # ... and the reply topics are those a job may name as its reply_topic.
     assert tf["locals"]["environment"]["ALLOWED_REPLY_TOPICS"] == '${join(",", var.allowed_reply_topics)}'
 
 
@@ -221,3 +251,112 @@ def test_the_function_zips_the_files_modules_plan_lists(tf):
     (archive,) = [tf["data"]["archive_file"]["source"]]
     assert archive["dynamic"][0]["source"]["for_each"] == "${module.plan.source_files}"
     assert tf["module"]["plan"][0]["source_dir"] == "${local.repo}"
+
+
+# -- fan-out ------------------------------------------------------------------------------------------------
+
+
+def test_every_fan_out_resource_is_left_out_with_fanout_enabled_false(tf):
+    for type_, name in FANOUT_RESOURCES:
+        body = resources(tf, type_)[name]
+        guard = body.get("count", body.get("for_each", ""))
+        assert guard.startswith("${var.fanout_enabled"), f"{type_}.{name} exists without fan-out"
+    assert tf["variable"]["fanout_enabled"]["default"] is True
+    apis = resources(tf, "google_project_service")["apis"]["for_each"]
+    assert apis.endswith('var.fanout_enabled ? ["firestore.googleapis.com"] : []))}')
+    # Each function waits for the fan-out resources and the worker's grants on them.
+    needed = {"${google_firestore_database.runs}", "${google_storage_bucket.partials}", "${google_pubsub_topic.shards}",
+              "${google_pubsub_topic.shard_dead_letter}", "${google_project_iam_member.worker_uses_runs_database}",
+              "${google_storage_bucket_iam_member.worker_partials}",
+              "${google_pubsub_topic_iam_member.worker_publishes_shards}"}
+    for function in resources(tf, "google_cloudfunctions2_function").values():
+        assert needed <= set(function["depends_on"])
+
+
+def test_the_runs_database_is_firestore_in_native_mode_and_may_already_exist(tf):
+    database = resources(tf, "google_firestore_database")["runs"]
+    assert database["type"] == "FIRESTORE_NATIVE" and database["name"] == "${var.firestore_database}"
+    assert database["count"] == "${var.fanout_enabled && var.create_firestore_database ? 1 : 0}"
+    assert database["location_id"] == "${coalesce(var.firestore_location, var.region)}"
+    assert database["deletion_policy"] == "ABANDON"  # terraform destroy leaves the runs
+    variables = tf["variable"]
+    assert variables["firestore_database"]["default"] == "(default)"
+    assert variables["create_firestore_database"]["default"] is True
+    assert "409" in variables["create_firestore_database"]["description"]
+    # The function reads the same database, and the worker's grant is conditioned on it (by name: it may
+    # be one Terraform did not create).
+    assert tf["locals"]["firestore_database_name"] == "projects/${var.project}/databases/${var.firestore_database}"
+    assert tf["locals"]["firestore_condition"] == 'resource.name == \\"${local.firestore_database_name}\\"'
+    assert tf["module"]["plan"][0]["firestore_database"] == "${var.firestore_database}"
+
+
+def test_the_partials_bucket_is_private_and_forgets_partials(tf):
+    bucket = resources(tf, "google_storage_bucket")["partials"]
+    assert bucket["name"] == "${local.names.partials_bucket}" and bucket["location"] == "${var.region}"
+    assert bucket["uniform_bucket_level_access"] is True and bucket["public_access_prevention"] == "enforced"
+    assert bucket["lifecycle_rule"] == [{"condition": [{"age": "${var.partials_retention_days}"}],
+                                         "action": [{"type": "Delete"}]}]
+    assert tf["variable"]["partials_retention_days"]["default"] == 7
+    # Soft delete off: a partial the lifecycle rule deleted is not billed for another week.
+    assert bucket["soft_delete_policy"] == [{"retention_duration_seconds": 0}]
+    assert "versioning" not in bucket
+    # The worker's roles on it: exactly create and read.
+    grant = resources(tf, "google_storage_bucket_iam_member")["worker_partials"]
+    roles = set(re.findall(r'"(roles/[^"]+)"', grant["for_each"]))
+    assert roles == {"roles/storage.objectCreator", "roles/storage.objectViewer"} and grant["role"] == "${each.value}"
+
+
+def test_shards_are_pushed_to_the_function_with_retries_then_dead_lettered_to_it(tf):
+    subs, topics = resources(tf, "google_pubsub_subscription"), resources(tf, "google_pubsub_topic")
+    jobs = subs["jobs"]
+    assert topics["shards"]["name"] == "${local.names.shard_topic}"
+    assert topics["shard_dead_letter"]["name"] == "${local.names.shard_dead_letter_topic}"
+    for name, topic in (("shards", "shards"), ("shard_dead_letter", "shard_dead_letter")):
+        sub = subs[name]
+        assert sub["topic"] == f"${{google_pubsub_topic.{topic}[0].id}}"
+        (push,) = sub["push_config"]
+        # functions-framework takes the CloudEvent's source from the path: it ends with projects/P/topics/T.
+        assert push["push_endpoint"] == f"${{local.worker_url}}/${{google_pubsub_topic.{topic}[0].id}}"
+        assert push["oidc_token"] == jobs["push_config"][0]["oidc_token"]
+        for same in ("ack_deadline_seconds", "message_retention_duration", "retry_policy", "expiration_policy",
+                     "depends_on"):
+            assert sub[same] == jobs[same], (name, same)
+    assert subs["shards"]["dead_letter_policy"] == [{
+        "dead_letter_topic": "${google_pubsub_topic.shard_dead_letter[0].id}",
+        "max_delivery_attempts": "${var.shard_max_delivery_attempts}"}]
+    assert "dead_letter_policy" not in subs["shard_dead_letter"]  # no chain of dead letters
+    attempts = tf["variable"]["shard_max_delivery_attempts"]
+    assert attempts["default"] == 5 and "<= 100" in attempts["validation"][0]["condition"]
+    # Pub/Sub's service agent may move shards to their dead-letter topic and ack them, once it exists
+    # (local.pubsub_agent waits for it, as for jobs).
+    grants = {(r["role"], r.get("topic", r.get("subscription")), r["member"])
+              for t in ("google_pubsub_topic_iam_member", "google_pubsub_subscription_iam_member")
+              for r in resources(tf, t).values()}
+    assert ("roles/pubsub.publisher", "${google_pubsub_topic.shard_dead_letter[0].name}",
+            "${local.pubsub_agent}") in grants
+    assert ("roles/pubsub.subscriber", "${google_pubsub_subscription.shards[0].name}",
+            "${local.pubsub_agent}") in grants
+    # The same push account signs, with the token grant the jobs subscription already needs.
+    signs = resources(tf, "google_service_account_iam_member")["pubsub_signs_as_push"]
+    assert signs["member"] == "${local.pubsub_agent}"
+
+
+def test_the_function_has_max_instances_and_fan_out_settings(tf):
+    service = resources(tf, "google_cloudfunctions2_function")["worker"]["service_config"][0]
+    assert service["max_instance_count"] == "${var.max_instances}"
+    assert "var.max_instances <= 1000" in tf["variable"]["max_instances"]["validation"][0]["condition"]
+    plan = tf["module"]["plan"][0]
+    for name in ("fanout_enabled", "firestore_database", "runs_collection", "max_instances", "fanout_max_in_flight",
+                 "partials_retention_days"):
+        assert plan[name] == f"${{var.{name}}}"
+    assert tf["variable"]["fanout_max_in_flight"]["default"] is None  # then max_instances (evaluated elsewhere)
+    assert tf["variable"]["runs_collection"]["default"] == "summary-runs"
+    assert tf["output"]["fanout"]["value"] == "${module.plan.fanout_environment}"
+
+
+def test_every_resource_has_at_most_one_lifecycle_block(tf):
+    # Terraform refuses a second one ("Duplicate lifecycle block"); python-hcl2 keeps both.
+    for kind in ("resource", "data"):
+        for type_, named in tf[kind].items():
+            for name, body in named.items():
+                assert len(body.get("lifecycle", [])) <= 1, f"{type_}.{name} has more than one lifecycle block"

@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
+from worker.config import Settings
 from worker.jobs import load_schema
 from worker.policies import permissions_policy, trust_policy
+
+from .terraform import FANOUT_SETTINGS
 
 REPO = Path(__file__).resolve().parents[2]
 TERRAFORM_DIR = REPO / "deploy" / "terraform"
@@ -38,6 +41,30 @@ variable "scheduled_job" {
   type    = any
   default = null
 }
+variable "fanout_enabled" {
+  type    = bool
+  default = true
+}
+variable "firestore_database" {
+  type    = string
+  default = "(default)"
+}
+variable "runs_collection" {
+  type    = string
+  default = "summary-runs"
+}
+variable "max_instances" {
+  type    = number
+  default = 10
+}
+variable "fanout_max_in_flight" {
+  type    = number
+  default = null
+}
+variable "partials_retention_days" {
+  type    = number
+  default = 7
+}
 module "plan" {
   source        = "MODULES/plan"
   project       = var.project
@@ -47,6 +74,13 @@ module "plan" {
   schedule      = var.schedule
   scheduled_job = var.scheduled_job
   source_dir    = "REPO"
+
+  fanout_enabled          = var.fanout_enabled
+  firestore_database      = var.firestore_database
+  runs_collection         = var.runs_collection
+  max_instances           = var.max_instances
+  fanout_max_in_flight    = var.fanout_max_in_flight
+  partials_retention_days = var.partials_retention_days
 }
 """
 
@@ -205,10 +239,12 @@ def test_terraform_and_deploy_sh_schedule_the_same_default_job(terraform, plan_m
 ])
 def test_every_name_is_within_its_limit(terraform, plan_module, project, name):
     names = plan_of(terraform, plan_module, project=project, name=name)["names"]
-    bucket = names["source_bucket"]
-    assert 3 <= len(bucket) <= 63 and bucket[0].isalnum() and bucket[-1].isalnum(), bucket
-    if len(f"{project}-{name}-source") <= 63:
-        assert bucket == f"{project}-{name}-source"
+    for suffix in ("source", "partials"):
+        bucket = names[f"{suffix}_bucket"]
+        assert 3 <= len(bucket) <= 63 and bucket[0].isalnum() and bucket[-1].isalnum(), bucket
+        if len(f"{project}-{name}-{suffix}") <= 63:
+            assert bucket == f"{project}-{name}-{suffix}"
+    assert names["source_bucket"] != names["partials_bucket"]
     for account in ("worker_account", "push_account", "build_account"):
         assert 6 <= len(names[account]) <= 30, names[account]
     assert len(names["http_function"]) <= 49
@@ -236,3 +272,84 @@ def test_the_aws_provider_renders_the_policies_the_worker_prints(terraform, aws_
         trust, permissions = (json.loads(p) for p in policies[key])
         assert _sets(trust) == _sets(trust_policy(UNIQUE_ID, audience))
         assert _sets(permissions) == _sets(permissions_policy("my-data", prefixes))
+
+
+# -- fan-out -------------------------------------------------------------------------------------------------
+
+
+def test_the_fan_out_settings_terraform_computes_are_read_by_the_worker(terraform, plan_module):
+    plan = plan_of(terraform, plan_module, max_instances=40)
+    env = plan["fanout_environment"]
+    assert set(env) == FANOUT_SETTINGS
+    base = {"AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/parquet-summary",
+            "ID_TOKEN_AUDIENCE": "//iam.amazonaws.com/x", "GOOGLE_CLOUD_PROJECT": "my-project"}
+    settings = Settings.from_env(base | env)
+    assert settings.fanout_enabled
+    assert settings.partials_bucket == plan["names"]["partials_bucket"]
+    # Full topic names ending with the topic IDs, as the push endpoints' paths (projects/P/topics/T).
+    assert settings.shard_topic == f"projects/my-project/topics/{plan['names']['shard_topic']}"
+    assert settings.shard_dead_letter_topic == f"projects/my-project/topics/{plan['names']['shard_dead_letter_topic']}"
+    assert (settings.firestore_database, settings.runs_collection) == ("(default)", "summary-runs")
+    assert settings.fanout_max_in_flight == 40  # max_instances unless given
+    given = plan_of(terraform, plan_module, fanout_max_in_flight=25)["fanout_environment"]
+    assert given["FANOUT_MAX_IN_FLIGHT"] == "25"
+    # The worker's Firestore grant is conditioned on this database only.
+    named = plan_of(terraform, plan_module, firestore_database="summary-runs")
+    assert named["firestore_condition"] == 'resource.name == "projects/my-project/databases/summary-runs"'
+    assert plan["firestore_condition"] == 'resource.name == "projects/my-project/databases/(default)"'
+    assert plan["partials_lifecycle"] == {"rule": [{"action": {"type": "Delete"}, "condition": {"age": 7}}]}
+    # Off: no fan-out setting at all, so the worker runs every job on one instance.
+    off = plan_of(terraform, plan_module, fanout_enabled=False)["fanout_environment"]
+    assert off == {} and not Settings.from_env(base | off).fanout_enabled
+
+
+@pytest.mark.parametrize(("project", "name", "extra"), [
+    ("my-project", "parquet-summary", {}),
+    ("a-project-id-of-thirty-chars-x", "a-name-of-thirty-characters-xy", {}),
+    ("proj-with-hyphen-at-cut-point-", "b" * 30, {"firestore_database": "summary-runs", "runs_collection": "runs",
+                                                  "fanout_max_in_flight": 7, "partials_retention_days": 3}),
+])
+def test_terraform_and_deploy_sh_set_up_the_same_fan_out(terraform, plan_module, project, name, extra):
+    plan = plan_of(terraform, plan_module, project=project, name=name, **extra)
+    cli = {setting.upper(): str(value) for setting, value in extra.items()}  # the same settings, as deploy.sh's
+    steps = ('settings && function_env arn && echo "---" && firestore_condition && echo && partials_lifecycle && '
+             'echo "$PARTIALS_BUCKET_NAME"')
+    run = subprocess.run(["bash", "-c", f'source "{DEPLOY_SH}" && {steps}'],
+                         env={"PATH": os.environ["PATH"], "PROJECT": project, "NAME": name, "DATA_BUCKET": "my-data"}
+                         | cli, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    env_text, rest = run.stdout.split("---\n")
+    env = {k: json.loads(v) for k, v in (line.split(": ", 1) for line in env_text.splitlines())}
+    condition, lifecycle, bucket = rest.splitlines()
+    assert {k: env[k] for k in FANOUT_SETTINGS} == plan["fanout_environment"]
+    assert condition == plan["firestore_condition"]
+    assert json.loads(lifecycle) == plan["partials_lifecycle"]
+    assert bucket == plan["names"]["partials_bucket"]
+
+
+# The root module's variables, with their validations, evaluated alone: the google provider is not
+# available offline, but variables need none.
+@pytest.fixture(scope="session")
+def root_variables(terraform, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("variables")
+    shutil.copy(TERRAFORM_DIR / "variables.tf", folder / "variables.tf")
+    terraform("init", "-backend=false", cwd=folder)
+    return folder
+
+
+@pytest.mark.parametrize(("variable", "value", "accepted"), [
+    ("firestore_database", "(default)", True), ("firestore_database", "summary-runs", True),
+    ("firestore_database", "Runs", False), ("firestore_database", "abc", False),
+    ("firestore_database", "runs-", False),
+    ("runs_collection", "summary-runs", True), ("runs_collection", "a/b", False), ("runs_collection", "__x__", False),
+    ("runs_collection", "x" * 1501, False),
+    ("partials_retention_days", 1, True), ("partials_retention_days", 0, False),
+    ("partials_retention_days", 1.5, False),
+    ("shard_max_delivery_attempts", 5, True), ("shard_max_delivery_attempts", 4, False),
+    ("shard_max_delivery_attempts", 101, False),
+    ("fanout_max_in_flight", None, True), ("fanout_max_in_flight", 1000, True), ("fanout_max_in_flight", 0, False),
+    ("max_instances", 100, True), ("max_instances", 0, False),
+])
+def test_the_fan_out_variables_refuse_what_the_services_would(terraform, root_variables, variable, value, accepted):
+    run = evaluate(terraform, root_variables, None, check=False, **{variable: value})
+    assert (run.returncode == 0) is accepted, run.stderr[-2000:]

@@ -1,5 +1,6 @@
 """The README's first command: the demo runs the main job and leaves nothing running, also on Ctrl-C."""
 
+import json
 import os
 import signal
 import subprocess
@@ -25,12 +26,17 @@ def open_files_under(folder: Path) -> list[str]:
 
 
 def test_demo_prints_results_and_stops_everything(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "worker", "demo", "--workdir", str(tmp_path)], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-m", "worker", "demo", "--workdir", str(tmp_path), "--objects", "1200"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert '"rows": 3' in run.stdout and '"columns": 4' in run.stdout
     assert '"rows": 30000' in run.stdout and '"partition_columns": [\n    "dt"\n  ]' in run.stdout
     assert "over HTTP: 200 rows=3 columns=4" in run.stderr
+    # the fanned-out run: its progress lines (stderr is not a terminal: one per poll), then its answer
+    answer = json.loads(run.stdout[run.stdout.rindex('{\n  "job_id": "demo-fan-out"'):])
+    assert answer["status"] == "ok" and answer["files"] == 1200 and answer["rows"] == 1200 * 50
+    assert answer["fanout"]["shards"] > 3 and answer["fanout"]["failed"] == 0
+    assert f"] {answer['fanout']['run_id']} " in run.stderr and "objects/s" in run.stderr
     assert open_files_under(tmp_path) == []
 
 

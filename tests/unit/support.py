@@ -158,7 +158,7 @@ def same_figures(a, b, path: str = "") -> list[str]:
             return [f"{path}: {len(a)} items != {len(b)}"]
         return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in same_figures(x, y, f"{path}[{i}]")]
     if isinstance(a, float) and isinstance(b, float) and not isinstance(a, bool):
-        tolerance = 0.02 if "_approx" in path else 1e-9
+        tolerance = 0.02 if "_approx" in path else 1e-6
         if math.isclose(a, b, rel_tol=tolerance, abs_tol=1e-12) or (math.isnan(a) and math.isnan(b)):
             return []
         return [f"{path}: {a!r} != {b!r}"]

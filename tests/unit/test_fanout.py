@@ -260,3 +260,33 @@ def test_small_jobs_and_http_jobs_run_on_one_instance():
     assert len(out.sent) == 1 and "fanout" not in out.sent[0] and not stores.shards.messages
     answer = worker.handle_http(json.dumps({"bucket": "bkt", "prefix": "lake/", "fan_out": {"mode": "always"}}))
     assert answer["error"]["code"] == "invalid_job" and "HTTP" in answer["error"]["message"]
+
+
+def test_a_second_delivery_of_the_closing_shard_builds_the_answer_only_if_the_first_is_gone(monkeypatch):
+    from worker.errors import Retryable
+
+    worker, stores, out = _worker(_lake(40))
+    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
+    calls = {"n": 0}
+    send = out.publish
+
+    def publish_fails_once(result, topic=None):  # the merger dies while publishing (no answer goes out)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise Retryable("Pub/Sub unavailable")
+        return send(result, topic)
+
+    monkeypatch.setattr(out, "publish", publish_fails_once)
+    closing = None
+    with pytest.raises(Retryable):
+        while stores.shards.messages:
+            closing = stores.shards.messages.pop(0)
+            worker.handle_pubsub(_shard_message(*closing), "s")
+    assert stores.runs.get_run("m-1").state == "merging" and out.sent == []
+    with pytest.raises(Retryable, match="another delivery is building the answer"):
+        worker.handle_pubsub(_shard_message(*closing), "s")  # soon after: the first may still be at it
+    later = time.time() + worker.settings.job_deadline_seconds + 61
+    monkeypatch.setattr(time, "time", lambda: later)
+    worker.handle_pubsub(_shard_message(*closing), "s")  # long after: the first is presumed gone
+    worker.handle_pubsub(_shard_message(*closing), "s")  # and once answered, nothing more
+    assert len(out.sent) == 1 and stores.runs.get_run("m-1").state == ANSWERED

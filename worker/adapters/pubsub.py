@@ -10,12 +10,13 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import Callable, Sequence
 
 from google.api_core import exceptions as google_errors
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.publisher import exceptions as publisher_errors
 
-from worker.errors import Forbidden, NotFound, ResultRejected, Retryable
+from worker.errors import Forbidden, NotFound, ResultRejected, Retryable, WorkerError
 from worker.results import to_message
 
 # The function's CPU is throttled once it has answered, so a publish must complete before
@@ -54,19 +55,67 @@ class ResultPublisher:
             return self._client.publish(topic or self.topic, data, **attributes).result(timeout=self._timeout)
         except TRANSIENT as e:
             raise Retryable(f"publishing the result failed: {type(e).__name__}", details={"step": "publish"}) from None
-        except google_errors.NotFound:
+        except (google_errors.NotFound, google_errors.PermissionDenied) as e:
             if default:
-                raise Retryable(f"REPLY_TOPIC {self.topic!r} does not exist", details={"step": "publish"}) from None
-            raise NotFound(f"reply_topic {topic!r} does not exist") from None
-        except google_errors.PermissionDenied:
-            if default:
-                raise Retryable(f"the worker may not publish to REPLY_TOPIC {self.topic!r} (grant it "
-                                "roles/pubsub.publisher)", details={"step": "publish"}) from None
+                raise _topic_unusable(e, "REPLY_TOPIC", self.topic) from None
+            if isinstance(e, google_errors.NotFound):
+                raise NotFound(f"reply_topic {topic!r} does not exist") from None
             raise Forbidden(f"the worker may not publish to reply_topic {topic!r} (grant it roles/pubsub.publisher)"
                             ) from None
         except REJECTED as e:
             raise ResultRejected(f"Pub/Sub refused the result message ({len(data)} bytes, {len(attributes)} "
                                  f"attributes): {type(e).__name__}: {str(e)[:200]}") from None
+
+
+def _topic_unusable(e: Exception, setting: str, topic: str) -> Retryable:
+    """A configured topic that is missing or closed to the worker: nothing can be sent until the operator fixes
+    it, so the message waits (and in the end dead-letters) rather than being answered."""
+    if isinstance(e, google_errors.NotFound):
+        return Retryable(f"{setting} {topic!r} does not exist", details={"step": "publish"})
+    return Retryable(f"the worker may not publish to {setting} {topic!r} (grant it roles/pubsub.publisher)",
+                     details={"step": "publish"})
+
+
+class ShardPublisher:
+    """Publishes shard messages to SHARD_TOPIC (``worker.runs.ShardPublisher``): data ``{"run_id", "shard_id"}``
+    as JSON, the same two as attributes with ``kind=shard``."""
+
+    def __init__(self, topic: str, client: pubsub_v1.PublisherClient | None = None, timeout: float = PUBLISH_TIMEOUT_S):
+        self.topic = topic
+        self._client = client or pubsub_v1.PublisherClient(batch_settings=RESULT_BATCH)
+        self._timeout = timeout
+
+    def publish_shards(self, run_id: str, shard_ids: Sequence[str]) -> None:
+        """Publish one message per shard and wait for all of them (within one ``timeout``). ``Retryable`` if any
+        failed: the caller publishes them all again on its next attempt (a shard message is idempotent)."""
+        failures: list[WorkerError] = []
+
+        def classify(e: Exception) -> WorkerError:
+            if isinstance(e, TRANSIENT):
+                return Retryable(f"publishing shard messages of run {run_id} failed: {type(e).__name__}",
+                                 details={"step": "publish_shards"})
+            if isinstance(e, (google_errors.NotFound, google_errors.PermissionDenied)):
+                return _topic_unusable(e, "SHARD_TOPIC", self.topic)
+            # A shard message is small and fixed in shape: Pub/Sub refusing one is a bug, not the input's fault.
+            return WorkerError(f"Pub/Sub refused a shard message of run {run_id}: {type(e).__name__}: {str(e)[:200]}")
+
+        futures = []
+        for shard_id in shard_ids:
+            data = json.dumps({"run_id": run_id, "shard_id": shard_id}, separators=(",", ":")).encode("utf-8")
+            try:
+                futures.append(self._client.publish(self.topic, data, kind="shard", run_id=run_id, shard_id=shard_id))
+            except (*TRANSIENT, google_errors.NotFound, google_errors.PermissionDenied, *REJECTED) as e:
+                failures.append(classify(e))
+                break
+        deadline = time.monotonic() + self._timeout
+        for future in futures:  # resolve every one, so none is left pending when the function answers
+            try:
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except (*TRANSIENT, google_errors.NotFound, google_errors.PermissionDenied, *REJECTED) as e:
+                failures.append(classify(e))
+        if failures:
+            # Retryable if any failure was: publishing them all again can get past it.
+            raise next((f for f in failures if f.retryable), failures[0])
 
 
 def pull_now(subscriber: pubsub_v1.SubscriberClient, subscription: str, *, max_messages: int = 100,
@@ -142,10 +191,12 @@ class ResultWaiter:
             with contextlib.suppress(google_errors.GoogleAPICallError):
                 self._subscriber.delete_subscription(request={"subscription": subscription})
 
-    def wait(self, timeout: float) -> tuple[dict, dict[str, str]] | None:
-        """The result and its attributes, or None after ``timeout`` seconds."""
+    def wait(self, timeout: float, on_tick: Callable[[], None] | None = None) -> tuple[dict, dict[str, str]] | None:
+        """The result and its attributes, or None after ``timeout`` seconds; ``on_tick`` is called between pulls."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if on_tick is not None:
+                on_tick()
             for subscription in self.subscriptions.values():
                 try:
                     received = pull_now(self._subscriber, subscription, max_messages=50, wait_s=0.5)

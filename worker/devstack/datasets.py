@@ -47,3 +47,10 @@ def sample_objects() -> dict[str, bytes]:
             objects[key] = parquet_bytes(events_table(day * 10 + part, 5000), row_group_size=2000)
         objects[f"events/dt=2026-01-0{day}/_SUCCESS"] = b""
     return objects
+
+
+def lake_objects(count: int, *, days: int = 6) -> dict[str, bytes]:
+    """A generated prefix of ``count`` small Parquet objects in ``days`` hive partitions (``lake/day=N/``): the
+    fan-out demo's and benchmark's data. Objects repeat one of 32 bodies, so making thousands is quick."""
+    bodies = [parquet_bytes(events_table(100 + i, 50)) for i in range(32)]
+    return {f"lake/day={i % days}/part-{i:06d}.parquet": bodies[i % len(bodies)] for i in range(count)}

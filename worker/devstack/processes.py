@@ -14,12 +14,22 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
 
 def free_port() -> int:
-    """A port the OS considers free now, so two stacks on one machine do not collide."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port the OS considers free now, so two stacks on one machine do not collide. Never the same port twice
+    in one process: the OS may offer a port again as soon as the probe socket closes, before the service that
+    was given it has bound it (seen: moto and the Pub/Sub emulator of one stack on one port)."""
+    with _handed_out_lock:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
 
 
 @contextlib.contextmanager

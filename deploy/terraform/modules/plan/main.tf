@@ -30,9 +30,13 @@ locals {
   source_files = sort(setsubtract(local.included, local.excluded))
 
   # Cloud Storage bucket names are global and at most 63 characters; project (<= 30) + name (<= 30)
-  # + "-source" can reach 68, so a long one is cut and given a digest of the full name.
-  bucket_full   = "${var.project}-${var.name}-source"
-  source_bucket = length(local.bucket_full) <= 63 ? local.bucket_full : "${replace(substr("${var.project}-${var.name}", 0, 54), "/[-.]+$/", "")}-${substr(sha256(local.bucket_full), 0, 8)}"
+  # + "-source" can reach 68, so a long one is cut and given a digest of the full name (deploy/cli/deploy.sh
+  # cuts the partials bucket's name the same way).
+  bucket_full = { for suffix in ["source", "partials"] : suffix => "${var.project}-${var.name}-${suffix}" }
+  buckets = { for suffix, full in local.bucket_full : suffix => (
+    length(full) <= 63 ? full : "${replace(substr("${var.project}-${var.name}", 0, 54), "/[-.]+$/", "")}-${substr(sha256(full), 0, 8)}"
+  ) }
+  source_bucket = local.buckets["source"]
 
   names = {
     worker_account    = var.name
@@ -45,5 +49,28 @@ locals {
     dead_letter_topic = "${var.name}-dead-letter"
     scheduler_job     = "${var.name}-schedule"
     source_bucket     = local.source_bucket
+    # Fan-out: shard messages, their dead letters (each topic with a push subscription of the same name),
+    # and the bucket of partial summaries.
+    shard_topic             = "${var.name}-shards"
+    shard_dead_letter_topic = "${var.name}-shards-dead-letter"
+    partials_bucket         = local.buckets["partials"]
   }
+
+  # The function's fan-out settings (the names worker/config.py reads); none when fan-out is off, so the
+  # worker runs every job on one instance. Topic IDs are the full names the Pub/Sub resources export.
+  fanout_environment = var.fanout_enabled ? {
+    PARTIALS_BUCKET         = local.names.partials_bucket
+    SHARD_TOPIC             = "projects/${var.project}/topics/${local.names.shard_topic}"
+    SHARD_DEAD_LETTER_TOPIC = "projects/${var.project}/topics/${local.names.shard_dead_letter_topic}"
+    FIRESTORE_DATABASE      = var.firestore_database
+    RUNS_COLLECTION         = var.runs_collection
+    FANOUT_MAX_IN_FLIGHT    = tostring(coalesce(var.fanout_max_in_flight, var.max_instances))
+  } : tomap({})
+
+  # The one grant the worker has on Firestore, narrowed by an IAM condition to the runs database.
+  firestore_database_name = "projects/${var.project}/databases/${var.firestore_database}"
+  firestore_condition     = "resource.name == \"${local.firestore_database_name}\""
+
+  # The partials bucket's lifecycle, as `gcloud storage buckets update --lifecycle-file` takes it.
+  partials_lifecycle = { rule = [{ action = { type = "Delete" }, condition = { age = var.partials_retention_days } }] }
 }

@@ -43,12 +43,33 @@ output "names" {
     error_message = "Service account IDs are 6-30 lowercase letters, digits or hyphens."
   }
   precondition {
-    condition     = length(local.names.source_bucket) >= 3 && length(local.names.source_bucket) <= 63 && can(regex("^[a-z0-9][a-z0-9._-]*[a-z0-9]$", local.names.source_bucket))
-    error_message = "The source bucket name must be 3-63 characters and start and end with a letter or digit."
+    condition = alltrue([for b in values(local.buckets) :
+    length(b) >= 3 && length(b) <= 63 && can(regex("^[a-z0-9][a-z0-9._-]*[a-z0-9]$", b))])
+    error_message = "Bucket names must be 3-63 characters and start and end with a letter or digit."
   }
   precondition {
     # A Cloud Run functions (2nd gen) name is also its Cloud Run service's: at most 49 characters.
     condition     = length(local.names.http_function) <= 49
     error_message = "Function names are at most 49 characters."
   }
+}
+
+output "fanout_environment" {
+  description = "The function's fan-out settings (PARTIALS_BUCKET, SHARD_TOPIC, ...); empty when fan-out is off."
+  value       = local.fanout_environment
+}
+
+output "firestore_database_name" {
+  description = "The runs database's full name, projects/P/databases/ID."
+  value       = local.firestore_database_name
+}
+
+output "firestore_condition" {
+  description = "The IAM condition that limits the worker's Firestore role to the runs database."
+  value       = local.firestore_condition
+}
+
+output "partials_lifecycle" {
+  description = "The partials bucket's lifecycle rule, in the JSON form gcloud takes."
+  value       = local.partials_lifecycle
 }

@@ -35,3 +35,39 @@ variable "source_dir" {
   description = "The repository root: where main.py, requirements.txt, schemas/ and worker/ are."
   type        = string
 }
+
+variable "fanout_enabled" {
+  description = "Whether the deployment includes fan-out (the runs database, the partials bucket, the shard topics)."
+  type        = bool
+  default     = true
+}
+
+variable "firestore_database" {
+  description = "ID of the Firestore database that holds runs."
+  type        = string
+  default     = "(default)"
+}
+
+variable "runs_collection" {
+  description = "Top-level Firestore collection of runs."
+  type        = string
+  default     = "summary-runs"
+}
+
+variable "max_instances" {
+  description = "The function's max instances: the default cap on a run's shards in flight."
+  type        = number
+  default     = 10
+}
+
+variable "fanout_max_in_flight" {
+  description = "Default cap on a run's shards in flight; null: max_instances."
+  type        = number
+  default     = null
+}
+
+variable "partials_retention_days" {
+  description = "Days after which the partials bucket deletes a partial summary."
+  type        = number
+  default     = 7
+}

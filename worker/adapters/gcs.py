@@ -1,0 +1,89 @@
+"""Partial summaries in a Cloud Storage bucket: ``worker.runs.BlobStore`` with ``google-cloud-storage``.
+
+Blobs are written create-only (``if_generation_match=0``): a redelivered shard that computes the same
+partial finds it there and leaves it alone. The client reads ``STORAGE_EMULATOR_HOST`` itself, which is
+how the local stack points it at fake-gcs-server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import google.auth.exceptions
+import requests
+from google.api_core import exceptions as google_errors
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from worker.errors import ConfigError, NotFound, Retryable
+
+# Faults a later attempt can get past (the client has already retried them within its own deadline: uploads
+# with a generation precondition count as idempotent, so they are retried too).
+TRANSIENT = (google_errors.ServiceUnavailable, google_errors.InternalServerError, google_errors.BadGateway,
+             google_errors.GatewayTimeout, google_errors.TooManyRequests, google_errors.DeadlineExceeded,
+             google_errors.RetryError, google_errors.Unauthorized, requests.ConnectionError, requests.Timeout,
+             google.auth.exceptions.TransportError, ConnectionError, TimeoutError)
+TIMEOUT_S = 60.0  # one call, the client's retries of transient faults included (its own default is 120 s)
+CONTENT_TYPE = "application/octet-stream"
+
+
+class GcsBlobStore:
+    """``BlobStore`` on one bucket."""
+
+    def __init__(self, client: storage.Client, bucket: str, *, timeout: float = TIMEOUT_S):
+        self._client = client
+        self.bucket = bucket
+        self._bucket = client.bucket(bucket)
+        # Every call is idempotent (writes are create-only), so every call may be retried.
+        self._options = {"timeout": timeout, "retry": DEFAULT_RETRY.with_timeout(timeout)}
+
+    @classmethod
+    def from_settings(cls, project: str | None, bucket: str, **options) -> GcsBlobStore:
+        """A store on ``bucket`` (fake-gcs-server, anonymously, when STORAGE_EMULATOR_HOST is set)."""
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            client = storage.Client(project=project, credentials=AnonymousCredentials())
+        else:
+            client = storage.Client(project=project)
+        return cls(client, bucket, **options)
+
+    def put_once(self, name: str, data: bytes) -> bool:
+        """Create ``name`` unless it exists. (If a first try's answer is lost and the client's retry then finds
+        the blob, this says False although this call made it: names hold a digest of their content, so the
+        blob there is the same either way.)"""
+        blob = self._bucket.blob(name)
+        with self._errors(f"writing gs://{self.bucket}/{name}"):
+            try:
+                blob.upload_from_string(data, content_type=CONTENT_TYPE, if_generation_match=0, **self._options)
+            except google_errors.PreconditionFailed:
+                return False
+        return True
+
+    def get(self, name: str) -> bytes:
+        with self._errors(f"reading gs://{self.bucket}/{name}"):
+            try:
+                return self._bucket.blob(name).download_as_bytes(**self._options)
+            except google_errors.NotFound:
+                raise NotFound(f"gs://{self.bucket}/{name} does not exist") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.close()
+
+    @contextlib.contextmanager
+    def _errors(self, what: str):
+        """Cloud Storage's faults as the worker's: transient ones ``Retryable``, a bucket that is missing or closed
+        to the worker ``ConfigError``; anything else (a bug) propagates."""
+        try:
+            yield
+        except TRANSIENT as e:
+            raise Retryable(f"Cloud Storage failed {what}: {type(e).__name__}", details={"step": "storage"}) from None
+        except google_errors.Forbidden:
+            raise ConfigError(f"the worker may not use bucket {self.bucket} (PARTIALS_BUCKET; grant its service "
+                              f"account roles/storage.objectUser on it) while {what}",
+                              details={"step": "storage"}) from None
+        except google_errors.NotFound:
+            # get() turns a missing blob into the worker's NotFound before this; here the bucket is missing.
+            raise ConfigError(f"bucket {self.bucket} does not exist (PARTIALS_BUCKET) while {what}",
+                              details={"step": "storage"}) from None
