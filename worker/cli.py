@@ -196,6 +196,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
             job[field] = getattr(args, field)
     if args.column:
         job["columns"] = args.column
+    fan_out = {k: v for k, v in (("mode", args.fan_out), ("max_in_flight", args.max_in_flight),
+                                 ("tolerated_failure_percent", args.tolerated_failure_percent)) if v is not None}
+    if fan_out:
+        job["fan_out"] = fan_out
     try:
         if args.reply_attr:
             job["reply_attributes"] = _pairs(args.reply_attr, "--reply-attr")
@@ -535,7 +539,13 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--time-zone", help="the time zone of --prefix-template (default: the worker's)")
     publish.add_argument("--reference-time", help="resolve --prefix-template at this RFC 3339 time (a backfill)")
     publish.add_argument("--topic", help="the jobs topic (default: $JOBS_TOPIC); short names use $GOOGLE_CLOUD_PROJECT")
-    publish.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    publish.add_argument("--fan-out", choices=["auto", "always", "never"],
+                         help="split the job across instances (default auto: when it is large)")
+    publish.add_argument("--max-in-flight", type=int, help="a fanned-out run's cap on shards at once")
+    publish.add_argument("--tolerated-failure-percent", type=float,
+                         help="the share of key ranges that may fail while the run still answers ok (default 0)")
+    publish.add_argument("--wait", action="store_true",
+                         help="wait for the result and print it (with a fanned-out run's progress on stderr)")
     publish.add_argument("--results-topic", help="where to wait (default: the job's reply topic, else $REPLY_TOPIC)")
     publish.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
     publish.set_defaults(func=cmd_publish)

@@ -217,11 +217,13 @@ def test_status_prints_a_runs_progress_as_one_json_line(stack, fleet, lake):
     import json
 
     result, run_id = _run(stack, fleet, {"bucket": lake, "prefix": "lake/day=2", "fan_out": {"mode": "always"}})
-    shown = subprocess.run([sys.executable, "-m", "worker", "status", run_id], capture_output=True, text=True,
+    shown = subprocess.run([sys.executable, "-m", "worker", "status", run_id, "--max-in-flight", "5"],
+                           capture_output=True, text=True,
                            env=stack.function_env(), timeout=60)
     assert shown.returncode == 0, shown.stderr
     status = json.loads(shown.stdout)
     assert status["state"] == "answered" and status["shards_done"] == result["fanout"]["succeeded"]
+    assert status["max_in_flight"] == 5 and "at most 5 shards in flight" in shown.stderr
     assert status["objects_listed"] == result["fanout"]["objects_listed"]
 
 
@@ -234,3 +236,18 @@ def test_shards_out_of_time_hand_their_unread_keys_on_and_the_run_completes(stac
     split = [s for s in stack.run_store().shards(run_id) if len(s.children) > 1]
     assert split, "no shard ran out of its 1 s budget"
     assert all(s.state == DONE for s in stack.run_store().shards(run_id))
+
+
+def test_publish_wait_shows_a_fanned_out_runs_progress_and_its_answer(stack, fleet, lake):
+    import json
+
+    done = subprocess.run([sys.executable, "-m", "worker", "publish", "--bucket", lake, "--prefix", "lake/day=5",
+                           "--fan-out", "always", "--max-in-flight", "2", "--wait", "--timeout", "120",
+                           "--topic", fleet.jobs_topic], capture_output=True, text=True, env=stack.function_env(),
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout)
+    progress = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert progress and all(p["run_id"] == answer["fanout"]["run_id"] for p in progress)
+    assert progress[0]["max_in_flight"] == 2 and progress[-1]["shards_total"] >= 1
+    assert answer["status"] == "ok" and answer["files"] == 300
