@@ -153,6 +153,16 @@ def small_body(i: int) -> bytes:
     }))
 
 
+def folder_of(i: int, args) -> int:
+    """The folder of small object ``i``: round robin (equal folders), or with ``--skew`` folder f holding about
+    (f + 1) shares of the objects, so that shards differ in length and do not all finish at once."""
+    if not args.skew:
+        return i % args.folders
+    shares = args.folders * (args.folders + 1) // 2
+    position = (i * shares) // args.objects  # which share object i falls in
+    return next(f for f in range(args.folders) if position < (f + 1) * (f + 2) // 2)
+
+
 def upload(stack: LocalStack, args) -> dict[str, dict]:
     """Upload the dataset (with threads, straight to moto); return what each prefix should answer."""
     s3 = stack.aws_client("s3")
@@ -162,7 +172,7 @@ def upload(stack: LocalStack, args) -> dict[str, dict]:
            for d in range(4)]
     objects: list[tuple[str, bytes]] = []
     for i in range(args.objects):
-        objects.append((f"small/day={i % args.folders}/part-{i:06d}.parquet", small[i % len(small)]))
+        objects.append((f"small/day={folder_of(i, args)}/part-{i:06d}.parquet", small[i % len(small)]))
     for i in range(args.big_files):
         objects.append((f"big/day={i % args.folders}/part-{i:04d}.parquet", big[i % len(big)]))
     for i in range(16):  # warm-up runs: a few objects in eight folders (a shard for every instance)
@@ -445,6 +455,63 @@ def measure(stack: LocalStack, fleet: Fleet, expected: dict, s3: RecordingProxy,
     }
 
 
+# -- the run document under simultaneous commits -----------------------------------------------------------
+
+
+def commit_once(stack: LocalStack, n: int) -> list[tuple[float, bool]]:
+    """``n`` instances finishing a shard of one new run at the same instant: (seconds, committed) for each."""
+    from worker.adapters.firestore import FirestoreRunStore
+    from worker.devstack.stack import FIRESTORE_DATABASE, RUNS_COLLECTION
+    from worker.errors import Retryable
+    from worker.fanout import Outcome, decide_finish
+    from worker.runs import DISPATCHED, DONE, QUEUED, Change, RunRecord, ShardRecord, shard_id_of
+
+    stores = [FirestoreRunStore.from_settings(stack.project, FIRESTORE_DATABASE, RUNS_COLLECTION) for _ in range(n)]
+    run_id = f"probe-{uuid.uuid4().hex[:10]}"
+    shards = [ShardRecord(shard_id_of(run_id, f"k{i:03d}", f"k{i + 1:03d}"), f"k{i:03d}", f"k{i + 1:03d}",
+                          state=DISPATCHED if i < n else QUEUED) for i in range(n + 4)]
+    run = RunRecord(run_id=run_id, job={}, created_at=time.time(), max_in_flight=n + 1, in_flight=n,
+                    shards_total=len(shards), shards_open=len(shards))
+    stores[0].transact(run_id, None, lambda *_: Change(run=run, shards=shards, value=None))
+    barrier = threading.Barrier(n)
+    took: list[tuple[float, bool]] = []
+
+    def finish(i: int) -> None:
+        shard_id = shards[i].shard_id
+        barrier.wait()
+        started = time.monotonic()
+        try:
+            stores[i].transact(run_id, shard_id, decide_finish(run_id, shard_id, Outcome(DONE, listed=1), time.time()))
+            took.append((time.monotonic() - started, True))
+        except Retryable:
+            took.append((time.monotonic() - started, False))
+
+    threads = [threading.Thread(target=finish, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for store in stores:
+        store.close()
+    return took
+
+
+def commit_probe(stack: LocalStack, counts: list[int], repeat: int) -> list[str]:
+    """Simultaneous commits on one run's document: the worker's own store (``FirestoreRunStore``) and decision
+    (``decide_finish``), each instance with its own client, against the stack's Firestore. A commit that gives up
+    (``Retryable``: contention outlasted the client's attempts) has its shard redelivered and read again."""
+    rows = []
+    for n in counts:
+        for _ in range(repeat):
+            took = commit_once(stack, n)
+            seconds = sorted(t for t, _ in took)
+            rows.append([str(n), " ".join(f"{t:.2f}" for t in seconds), f"{statistics.median(seconds):.2f}",
+                         str(sum(1 for _, ok in took if not ok))])
+            print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
+    return ["Simultaneous shard commits on one run (each instance its own Firestore client; seconds per commit):",
+            *table(["instances committing at once", "seconds per commit", "median", "gave up (Retryable)"], rows)]
+
+
 # -- the tables ---------------------------------------------------------------------------------------
 
 
@@ -538,6 +605,8 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", choices=["metadata", "full"], default=["metadata", "full"])
     parser.add_argument("--objects", type=int, default=4000, help="small objects for metadata mode")
     parser.add_argument("--folders", type=int, default=8, help="hive partitions the objects are spread over")
+    parser.add_argument("--skew", action="store_true",
+                        help="folders of unequal sizes (1:2:...:folders), so shards do not finish in step")
     parser.add_argument("--big-files", type=int, default=32, help="larger objects for full mode")
     parser.add_argument("--big-rows", type=int, default=100_000, help="rows of each larger object")
     parser.add_argument("--shard-objects", type=int, default=1000, help="SHARD_OBJECTS in metadata mode")
@@ -553,7 +622,17 @@ def main() -> None:
                              "emulator's push subscription (two at a time)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per configuration (on the same warm instances)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for one run's answer")
+    parser.add_argument("--commit-probe", type=int, nargs="*", metavar="N",
+                        help="instead of runs: N instances committing a shard of one run at the same instant "
+                             "(default 1 2 4 8), against the stack's Firestore")
     args = parser.parse_args()
+    if args.commit_probe is not None:
+        header = provenance("the run document under simultaneous commits (worker.adapters.firestore, "
+                            "worker.fanout.decide_finish)")
+        with LocalStack(Path(tempfile.mkdtemp(prefix="bench-fanout-probe-"))) as stack:
+            lines = commit_probe(stack, args.commit_probe or [1, 2, 4, 8], args.repeat)
+        print("\n".join([*header, *lines]))
+        return
     pusher = "this script" if args.pusher == "bench" else "the emulator"
     header = provenance(
         f"READ_CONCURRENCY={args.read_concurrency} per shard in metadata mode, FULL_MODE_CONCURRENCY default (2); "
@@ -590,7 +669,9 @@ def main() -> None:
             answers.stop()
     print("\n".join(header))
     print(f"one fanned-out job per run (\"fan_out\": {{\"mode\": \"always\"}}) on {cores} cores; metadata: "
-          f"{args.objects:,} objects of ~1.5 KB in {args.folders} folders; full: {args.big_files} objects of "
+          f"{args.objects:,} objects of ~1.5 KB in {args.folders} folders"
+          f"{' of sizes 1:2:...:' + str(args.folders) if args.skew else ' of equal size'}; "
+          f"full: {args.big_files} objects of "
           f"{args.big_rows:,} rows ({expected['full']['bytes'] / 2**20:.0f} MiB); "
           "objects/s = objects / publish→answer; "
           "busy = shards' reading time / (instances x wall); Firestore counted at each function's client "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from worker.adapters.runtime import bound_allocator_retention
 from worker.config import Settings
 from worker.logs import setup_logging
 from worker.results import http_status, to_json
@@ -67,6 +68,7 @@ def get_worker(settings: Settings) -> Worker:
         with _lock:
             if _worker is None:
                 setup_logging()
+                bound_allocator_retention()  # process-wide, so here at the edge: before the instance's first job
                 _worker = build_worker(settings)
     return _worker
 

@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-PROVIDER = "accounts.google.com"
+PROVIDER = "accounts.google.com"  # the one place of this name: AWS's web-identity provider for Google tokens
+ISSUER = f"https://{PROVIDER}"  # the iss claim of a Google ID token
 # condition key -> the claim AWS compares it with (azp falls back to aud when a token has no azp)
 KEY_TO_CLAIM = {f"{PROVIDER}:aud": "azp", f"{PROVIDER}:oaud": "aud", f"{PROVIDER}:sub": "sub"}
 SHOWN_CLAIMS = ("iss", "aud", "azp", "sub", "email", "iat", "exp")

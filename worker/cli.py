@@ -143,10 +143,11 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     import dataclasses
     import os
 
+    from worker.adapters.runtime import bound_allocator_retention
     from worker.app import build_storage
     from worker.config import Settings
-    from worker.errors import WorkerError
-    from worker.jobs import InvalidJobMessage, JobRef, new_job_id, validate_job
+    from worker.errors import InvalidJob, WorkerError
+    from worker.jobs import JobRef, new_job_id, validate_job
     from worker.results import error_result
     from worker.service import Worker
 
@@ -161,15 +162,16 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         payload["columns"] = [c.strip() for c in args.columns.split(",") if c.strip()]
     try:
         if "bucket" in payload and payload["bucket"] is None:
-            raise InvalidJobMessage(f"expected s3://bucket/prefix, got {args.url!r}", JobRef(job_id=job_id))
+            raise InvalidJob(f"expected s3://bucket/prefix, got {args.url!r}", JobRef(job_id=job_id))
         job = validate_job(payload, fallback_id=job_id)
         settings = Settings.from_env(require_role=False)
     except WorkerError as e:
-        ref = getattr(e, "ref", JobRef(job_id=job_id))
+        ref = getattr(e, "ref", None) or JobRef(job_id=job_id)
         return _emit(error_result(ref, e), EXIT_INVALID)
     # Off the function there is no 540 s limit: a job runs to the end unless JOB_DEADLINE_SECONDS says otherwise.
     if not os.environ.get("JOB_DEADLINE_SECONDS"):
         settings = dataclasses.replace(settings, job_deadline_seconds=7 * 24 * 3600)
+    bound_allocator_retention()
     worker = Worker(settings, build_storage(settings))
     progress = _ProgressBar() if sys.stderr.isatty() else None
     try:
@@ -186,7 +188,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     import os
 
-    from worker.config import Settings
+    from worker.config import Settings, topic_path
     from worker.errors import WorkerError
     from worker.jobs import new_job_id, validate_job
 
@@ -209,7 +211,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     except (WorkerError, ValueError) as e:
         print(f"publish: {e}", file=sys.stderr)
         return EXIT_INVALID
-    from worker.adapters.pubsub import NoResultsTopic, ResultWaiter, publish_job, topic_path
+    from worker.adapters.pubsub import NoResultsTopic, ResultWaiter, publish_job
 
     project = settings.project
     jobs_topic = args.topic or os.environ.get("JOBS_TOPIC")

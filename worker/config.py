@@ -7,6 +7,7 @@ settings of ours: boto3 reads ``AWS_ENDPOINT_URL``, the Pub/Sub client reads
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Mapping
@@ -123,25 +124,9 @@ class Settings:
             problems.append(f"{ID_TOKEN_AUDIENCE} is required with {AWS_ROLE_ARN} "
                             "(the audience of the Google ID token, as in the role's trust policy)")
         project = get(GOOGLE_CLOUD_PROJECT) or None
-        reply_topic = get(REPLY_TOPIC) or None
-        if reply_topic and "/" not in reply_topic:
-            if project:
-                reply_topic = f"projects/{project}/topics/{reply_topic}"
-            else:
-                problems.append(f"{REPLY_TOPIC} is a short name; "
-                                f"give projects/P/topics/T or set {GOOGLE_CLOUD_PROJECT}")
-        if reply_topic and "/" in reply_topic and not _TOPIC.match(reply_topic):
-            problems.append(f"{REPLY_TOPIC} must look like projects/P/topics/T: {reply_topic!r}")
-        shard_topics = {}
-        for name in (SHARD_TOPIC, SHARD_DEAD_LETTER_TOPIC):
-            topic = get(name) or None
-            if topic and "/" not in topic:
-                topic = f"projects/{project}/topics/{topic}" if project else None
-                if topic is None:
-                    problems.append(f"{name} is a short name; give projects/P/topics/T or set {GOOGLE_CLOUD_PROJECT}")
-            if topic and not _TOPIC.match(topic):
-                problems.append(f"{name} must look like projects/P/topics/T: {topic!r}")
-            shard_topics[name] = topic
+        reply_topic = _topic_setting(REPLY_TOPIC, get(REPLY_TOPIC), project, problems)
+        shard_topics = {name: _topic_setting(name, get(name), project, problems)
+                        for name in (SHARD_TOPIC, SHARD_DEAD_LETTER_TOPIC)}
         partials_bucket = get(PARTIALS_BUCKET) or None
         if partials_bucket and not _BUCKET.match(partials_bucket):
             problems.append(f"{PARTIALS_BUCKET} is not a Cloud Storage bucket name: {partials_bucket!r}")
@@ -156,8 +141,8 @@ class Settings:
         fanout_max_in_flight = _int(get(FANOUT_MAX_IN_FLIGHT), FANOUT_MAX_IN_FLIGHT, 50, 1, 1000, problems)
         allowed_reply_topics = set()
         for name in filter(None, (t.strip() for t in get(ALLOWED_REPLY_TOPICS).split(","))):
-            if "/" not in name and project:
-                name = f"projects/{project}/topics/{name}"
+            with contextlib.suppress(ValueError):  # a short name without a project: refused just below
+                name = topic_path(name, project)
             if _TOPIC.match(name):
                 allowed_reply_topics.add(name)
             else:
@@ -244,6 +229,32 @@ class Settings:
         if not self.reply_topic:
             raise ConfigError(f"{REPLY_TOPIC} is required to answer Pub/Sub jobs (projects/P/topics/T)")
         return self.reply_topic
+
+
+def topic_path(name: str, project: str | None) -> str:
+    """``projects/P/topics/T`` from a full path (returned as given), or from a short name and a project: the
+    one rule for every topic the worker and its command line are given. Raises ValueError for a short name
+    without a project."""
+    if "/" in name:
+        return name
+    if not project:
+        raise ValueError(f"topic {name!r} is a short name: give projects/P/topics/T or set {GOOGLE_CLOUD_PROJECT}")
+    return f"projects/{project}/topics/{name}"
+
+
+def _topic_setting(setting: str, value: str, project: str | None, problems: list[str]) -> str | None:
+    """The full path of the topic a setting names (None if unset), or None with the problem recorded."""
+    if not value:
+        return None
+    try:
+        topic = topic_path(value, project)
+    except ValueError:
+        problems.append(f"{setting} is a short name; give projects/P/topics/T or set {GOOGLE_CLOUD_PROJECT}")
+        return None
+    if not _TOPIC.match(topic):
+        problems.append(f"{setting} must look like projects/P/topics/T: {topic!r}")
+        return None
+    return topic
 
 
 def _int(raw: str, name: str, default: int, low: int, high: int, problems: list[str]) -> int:

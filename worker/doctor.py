@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from worker.claims import check_statement, web_identity_statements
+from worker.claims import ISSUER, PROVIDER, check_statement, web_identity_statements
 from worker.config import Settings
 from worker.errors import WorkerError
 
@@ -100,8 +100,8 @@ class Doctor:
             left = int(claims["exp"] - datetime.now(UTC).timestamp())
             shown["exp"] = f"{datetime.fromtimestamp(claims['exp'], UTC).isoformat()} (in {left}s)"
         problems = []
-        if claims.get("iss") not in ("https://accounts.google.com", "accounts.google.com"):
-            problems.append(f"iss is {claims.get('iss')!r}, not https://accounts.google.com")
+        if claims.get("iss") not in (ISSUER, PROVIDER):
+            problems.append(f"iss is {claims.get('iss')!r}, not {ISSUER}")
         if claims.get("aud") != self.cfg.audience:
             problems.append(f"aud is {claims.get('aud')!r}, not ID_TOKEN_AUDIENCE {self.cfg.audience!r}")
         if problems:
@@ -114,7 +114,7 @@ class Doctor:
             return None
         statements = web_identity_statements(self.trust_policy)
         if not statements:
-            return Step("trust policy", False, "no Allow statement lets accounts.google.com call "
+            return Step("trust policy", False, f"no Allow statement lets {PROVIDER} call "
                         "sts:AssumeRoleWithWebIdentity", "print one with `python -m worker trust-policy`")
         results = []
         for statement in statements:
@@ -124,13 +124,12 @@ class Doctor:
             results.append(checks)
         failing = [c for checks in results for c in checks if not c.ok]
         if not failing:
-            return Step("trust policy", False, "no accounts.google.com condition: any Google token would pass",
+            return Step("trust policy", False, f"no {PROVIDER} condition: any Google token would pass",
                         "add the StringEquals conditions `python -m worker trust-policy` prints")
         first = failing[0]
-        fix = {"accounts.google.com:aud": "this key is the token's azp: the service account's numeric unique ID",
-               "accounts.google.com:oaud": "this key is the token's aud: set it to ID_TOKEN_AUDIENCE (or the "
-                                           "other way round)",
-               "accounts.google.com:sub": "this key is the token's sub: the service account's numeric unique ID"}
+        fix = {f"{PROVIDER}:aud": "this key is the token's azp: the service account's numeric unique ID",
+               f"{PROVIDER}:oaud": "this key is the token's aud: set it to ID_TOKEN_AUDIENCE (or the other way round)",
+               f"{PROVIDER}:sub": "this key is the token's sub: the service account's numeric unique ID"}
         return Step("trust policy", False, "; ".join(c.explain() for c in failing),
                     fix.get(first.key.lower(), "change the condition or the token"))
 

@@ -4,12 +4,23 @@ Every leaf carries a stable ``code`` that the result message reports and a ``ret
 flag that decides the Pub/Sub contract: retryable errors are raised out of the function
 (answer 500, Pub/Sub redelivers); permanent ones are answered with one error result and
 acknowledged. Which AWS error codes are retryable is data, kept in the tables below and
-consulted only through :func:`classify_aws_error`.
+consulted only through :func:`classify_aws_error`. The HTTP status that answers each code is the
+class's ``http_status``, looked up by code in :func:`http_status_of`.
+
+One name per idea: a class is named for the ``code`` its result carries (``Unavailable`` for
+``unavailable``), ``Retryable`` names the retry contract (``retryable: true``), and signals that
+never reach a result are not errors of this module (``worker.summary.StoppedAtDeadline``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from worker.claims import PROVIDER
+
+if TYPE_CHECKING:
+    from worker.jobs import JobRef
 
 
 class WorkerError(Exception):
@@ -17,6 +28,7 @@ class WorkerError(Exception):
 
     code = "internal"
     retryable = False
+    http_status = 500  # what the HTTP entry point answers a result with this code
 
     def __init__(self, message: str, *, problems: Sequence[str] = (), details: dict | None = None):
         super().__init__(message)
@@ -41,21 +53,34 @@ class ConfigError(WorkerError):
 
 
 class InvalidJob(WorkerError):
-    """Raised when a message is not a valid job: not JSON, not an object, or against the schema."""
+    """Raised when a message is not a valid job: not JSON, not an object, or against the schema.
+
+    The one class for that idea (code ``invalid_job``): where the message was parsed, ``ref`` holds what is known
+    of it (job ID, message ID, routing) to key its error result; ``problems`` lists every problem, at least the
+    message itself.
+    """
 
     code = "invalid_job"
+    http_status = 400
+
+    def __init__(self, message: str, ref: JobRef | None = None, *, problems: Sequence[str] = (),
+                 details: dict | None = None):
+        super().__init__(message, problems=problems or [message], details=details)
+        self.ref = ref
 
 
 class Forbidden(WorkerError):
     """Raised when the bucket is outside ALLOWED_BUCKETS or AWS denies access to it."""
 
     code = "forbidden"
+    http_status = 403
 
 
 class NotFound(WorkerError):
     """Raised when the bucket does not exist or the prefix holds no Parquet object."""
 
     code = "not_found"
+    http_status = 404
 
 
 class ObjectArchived(Forbidden):
@@ -74,12 +99,18 @@ class FederationFailed(WorkerError):
     """Raised when the ID token or the STS exchange fails in a way a retry cannot fix."""
 
     code = "federation_failed"
+    http_status = 502
 
 
 class DeadlineExceeded(WorkerError):
-    """Raised when a job stops before its deadline (JOB_DEADLINE_SECONDS); details say how far it got."""
+    """Raised when a job stops before its deadline (JOB_DEADLINE_SECONDS); details say how far it got.
+
+    The error a job answers with (code ``deadline_exceeded``). Reading signals the deadline with
+    ``worker.summary.StoppedAtDeadline`` (where it stopped, not an error), which the job turns into this.
+    """
 
     code = "deadline_exceeded"
+    http_status = 422
 
 
 class Incomplete(WorkerError):
@@ -90,14 +121,29 @@ class Incomplete(WorkerError):
 
 
 class Retryable(WorkerError):
-    """Raised for faults a later attempt can get past: throttling, 5xx, network, STS unavailable."""
+    """The faults a later attempt can get past (``retryable`` is true): the function raises them so that Pub/Sub
+    redelivers, and HTTP answers 503. Named for that contract, which ``except Retryable`` honours; never raised
+    itself: raise the leaf named for the result's code, ``Unavailable`` or ``Throttled``."""
 
     code = "unavailable"
     retryable = True
+    http_status = 503
+
+    def __init__(self, message: str, *, problems: Sequence[str] = (), details: dict | None = None):
+        if type(self) is Retryable:
+            raise TypeError("Retryable is the category: raise Unavailable or Throttled")
+        super().__init__(message, problems=problems, details=details)
+
+
+class Unavailable(Retryable):
+    """Raised for a fault a later attempt can get past that is not throttling: 5xx, network, STS or Pub/Sub or
+    Firestore unavailable, an instance too busy. Named for its code, ``unavailable``."""
+
+    code = "unavailable"
 
 
 class Throttled(Retryable):
-    """Raised when AWS throttles the job's requests beyond the client's own retries."""
+    """Raised when AWS throttles the job's requests beyond the client's own retries (code ``throttled``)."""
 
     code = "throttled"
 
@@ -159,11 +205,11 @@ _SSE_C_WORDS = ("server side encryption", "server-side encryption", "customer-pr
 # STS AssumeRoleWithWebIdentity: what to change, by error code (never retryable).
 FEDERATION_HINTS = {
     "IDPRejectedClaim": "the role's trust policy did not accept the token's claims: check "
-    "accounts.google.com:aud (= the token's azp, the service account's unique ID), "
-    "accounts.google.com:oaud (= the token's aud, ID_TOKEN_AUDIENCE) and accounts.google.com:sub",
+    f"{PROVIDER}:aud (= the token's azp, the service account's unique ID), "
+    f"{PROVIDER}:oaud (= the token's aud, ID_TOKEN_AUDIENCE) and {PROVIDER}:sub",
     "InvalidIdentityToken": "AWS could not validate the ID token (issuer, signature or audience)",
     "ExpiredTokenException": "the ID token had expired when STS received it",
-    "AccessDenied": "the role does not trust accounts.google.com for this service account",
+    "AccessDenied": f"the role does not trust {PROVIDER} for this service account",
     "ValidationError": "the AssumeRoleWithWebIdentity request was malformed (role ARN, session name or duration)",
     "InvalidParameterValue": "the AssumeRoleWithWebIdentity request had an invalid parameter",
     "MalformedPolicyDocument": "the session policy was malformed",
@@ -184,7 +230,7 @@ def classify_aws_error(code: str, status: int | None, message: str, *, operation
     if code in THROTTLING_CODES or status == 429:
         return Throttled(text, details={"aws_code": code})
     if code in TRANSIENT_CODES or (status is not None and status in TRANSIENT_STATUS):
-        return Retryable(text, details={"aws_code": code})
+        return Unavailable(text, details={"aws_code": code})
     if operation == "AssumeRoleWithWebIdentity":
         hint = FEDERATION_HINTS.get(code, "STS refused the role exchange")
         return FederationFailed(f"{text} ({hint})", details={"aws_code": code})
@@ -233,3 +279,25 @@ def _object_refusal(code: str, status: int | None, message: str, text: str,
         return Forbidden(f"access denied to this object: the worker's role may not s3:GetObject it (IAM policy, "
                          f"bucket policy or object ACL) ({text})", details=details)
     return None
+
+
+def _http_statuses() -> dict[str, int]:
+    """code -> HTTP status, from the classes above (a subclass that keeps its parent's code keeps its status)."""
+    table: dict[str, int] = {}
+    pending: list[type[WorkerError]] = [WorkerError]
+    while pending:
+        cls = pending.pop()
+        table.setdefault(cls.code, cls.http_status)
+        pending += cls.__subclasses__()
+    return table
+
+
+HTTP_STATUS = _http_statuses()
+
+
+def http_status_of(code: str, retryable: bool) -> int:
+    """The HTTP status that answers an error result: ``Retryable.http_status`` (503) for any retryable fault, else
+    the status of the class with that ``code`` (500 for a code no class has)."""
+    if retryable:
+        return Retryable.http_status
+    return HTTP_STATUS.get(code, WorkerError.http_status)

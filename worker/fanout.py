@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -27,6 +28,7 @@ from typing import Any
 
 from worker.runs import (
     ANSWERED,
+    DISPATCH_BATCH,
     DISPATCHED,
     DONE,
     FAILED,
@@ -47,7 +49,6 @@ log = logging.getLogger("worker")
 
 SPLIT_WAYS = 4  # a shard out of time hands its unread keys to this many new shards
 INITIAL_SHARDS_MAX = 400  # shards a run starts with (one transaction writes them all; Firestore allows 500)
-DISPATCH_BATCH = 100  # queued shards one commit dispatches at most (the rest go with later commits)
 FAILED_RANGES_LISTED = 100  # failed ranges an answer lists (it counts them all)
 MAX_PREFIX_DEPTH = 3  # levels of "folders" looked into for the first split
 
@@ -182,6 +183,7 @@ class Outcome:
 
     state: str
     partial: str | None = None
+    read_stop: str | None = None  # done: the end of the range this delivery read (the record's, when it began)
     covered_stop: str | None = None  # done early: the shard read [start, covered_stop); children take the rest
     handed: Sequence[tuple[str | None, str | None]] = ()
     listed: int = 0
@@ -201,6 +203,7 @@ class Finish:
     publish: list[str] = field(default_factory=list)
     merge: bool = False
     duplicate: bool = False
+    stale: bool = False  # the delivery read another range than the record now holds: nothing recorded
 
 
 def decide_finish(run_id: str, shard_id: str, outcome: Outcome, now: float):
@@ -211,10 +214,14 @@ def decide_finish(run_id: str, shard_id: str, outcome: Outcome, now: float):
         if run is None or shard is None:
             return Change(value=Finish(duplicate=True))
         if shard.state in TERMINAL or shard.state == QUEUED:
-            # Terminal: a duplicate (the merge is redone only by the closing shard, if its answer is not out).
+            # Terminal: a duplicate (it may take up the merge only through decide_claim_merge).
             # Queued: a stale message from before a redrive; the shard gets a new one when dispatched.
             again = run.state == MERGING and run.merger == shard_id and shard.state in TERMINAL
             return Change(value=Finish(duplicate=True, merge=again))
+        if outcome.state == DONE and (outcome.partial is None or outcome.read_stop != shard.stop):
+            # Read over a range the record no longer holds (another delivery handed part of it on meanwhile),
+            # or nothing stored: recording it would count keys twice or lose them. The delivery is tried again.
+            return Change(value=Finish(stale=True))
         children = [ShardRecord(shard_id_of(run_id, a, b), a, b) for a, b in outcome.handed]
         mine = replace(shard, state=outcome.state, partial=outcome.partial, listed=outcome.listed,
                        parquet=outcome.parquet, refused=outcome.refused, first_refusal=outcome.first_refusal,
@@ -281,21 +288,53 @@ def decide_answered(result_message_id: str, now: float):
     return decide
 
 
-def decide_requeue(shard_id: str, now: float, *, first: bool):
-    """Redrive: put one failed shard back in the queue (the run opens again); the value: shard IDs to publish."""
+REDRIVE_BATCH = 400  # failed shards one redrive transaction requeues (Firestore: 500 writes per transaction)
 
-    def decide(run, shard, queued) -> Change:
-        if run is None or shard is None or shard.state != FAILED:
-            return Change(value=[])
+
+def decide_requeue(failed: Sequence[ShardRecord], redrives: int, now: float):
+    """Redrive: put failed shards (read just before, as of the run's ``redrives`` count) back in the queue, all in
+    one commit, so the run cannot close (and answer) between two of them; the run opens again. A concurrent
+    redrive that committed first changed the count: this one then changes nothing. The value: shard IDs to
+    publish, or None (nothing requeued)."""
+
+    def decide(run, _shard, queued) -> Change:
+        if run is None or run.redrives != redrives or run.state == MERGING or not failed:
+            return Change(value=None)
         new = run.copy()
-        mine = replace(shard, state=QUEUED, attempts=0, children=list(shard.children), dispatched=[])
-        new.shards_failed -= 1
-        new.shards_open += 1
+        again = [replace(s, state=QUEUED, attempts=0, children=list(s.children), dispatched=[])
+                 for s in failed if s.state == FAILED]
+        new.shards_failed -= len(again)
+        new.shards_open += len(again)
         new.state, new.merger, new.merge_claimed_at = RUNNING, None, None
-        new.redrives += first
+        new.redrives += 1
         new.updated_at = now
-        sent = dispatch(new, [mine, *queued])
-        return Change(run=new, shards=[mine, *[s for s in sent if s is not mine]], value=[s.shard_id for s in sent])
+        mine = {s.shard_id for s in again}
+        sent = dispatch(new, [*again, *[q for q in queued if q.shard_id not in mine]])
+        return Change(run=new, shards=[*again, *[s for s in sent if s.shard_id not in mine]],
+                      value=[s.shard_id for s in sent])
+
+    return decide
+
+
+def decide_lost(shard_id: str, reason: str, now: float):
+    """A done shard whose partial cannot be read at merge time (deleted by the bucket's lifecycle, or written by
+    another format version): its range is recorded failed, so the answer names it and a redrive reads it again."""
+
+    def decide(run, shard, _queued) -> Change:
+        if run is None or shard is None or shard.state != DONE:
+            return Change(value=False)
+        new = run.copy()
+        new.shards_done -= 1
+        new.shards_failed += 1
+        new.listed -= shard.listed
+        new.parquet -= shard.parquet
+        new.refused -= shard.refused
+        new.bytes_listed -= shard.bytes_listed
+        new.bytes_read -= shard.bytes_read
+        new.updated_at = now
+        lost = replace(shard, state=FAILED, partial=None, error=reason, children=list(shard.children),
+                       dispatched=list(shard.dispatched))
+        return Change(run=new, shards=[lost], value=True)
 
     return decide
 
@@ -331,8 +370,10 @@ def decide_dispatch(now: float):
 # -- the answer's run section ---------------------------------------------------------------------------
 
 
-def run_section(run: RunRecord, failed: Sequence[ShardRecord], now: float) -> dict[str, Any]:
-    """The ``fanout`` section of a run's answer (result.schema.json)."""
+def run_section(run: RunRecord, failed: Sequence[ShardRecord], now: float, max_bytes: int = 1 << 20
+                ) -> dict[str, Any]:
+    """The ``fanout`` section of a run's answer (result.schema.json); the failed ranges it lists take at most
+    ``max_bytes`` of JSON (keys run to 1,024 characters), the rest counted in ``failed_ranges_omitted``."""
     finished = run.shards_done + run.shards_failed
     section: dict[str, Any] = {
         "run_id": run.run_id,
@@ -351,8 +392,16 @@ def run_section(run: RunRecord, failed: Sequence[ShardRecord], now: float) -> di
         "answer": run.answers + 1,
     }
     if failed:
-        section["failed_ranges"] = [{"start": s.start, "stop": s.stop, "shard_id": s.shard_id, "error": s.error}
-                                    for s in failed[:FAILED_RANGES_LISTED]]
+        listed, size = [], 0
+        for s in failed[:FAILED_RANGES_LISTED]:
+            item = {"start": s.start, "stop": s.stop, "shard_id": s.shard_id, "error": s.error}
+            size += len(json.dumps(item, ensure_ascii=False).encode("utf-8", "surrogatepass")) + 1
+            if size > max_bytes:
+                break
+            listed.append(item)
+        section["failed_ranges"] = listed
+        if len(listed) < len(failed):
+            section["failed_ranges_omitted"] = len(failed) - len(listed)
     return section
 
 
@@ -420,17 +469,19 @@ def status_of(run: RunRecord, now: float | None = None) -> dict[str, Any]:
 
 def redrive(stores: Stores, run_id: str, now: Callable[[], float] = time.time) -> list[str]:
     """Put a run's failed shards back to work (``python -m worker redrive``); the run answers again when they
-    finish. Returns the failed shards' IDs. Refused (``ValueError``) while the run is still going."""
+    finish. Also publishes again every shard dispatched and not finished (one whose message a crash or an
+    earlier redrive's failed publish may have lost: duplicates count once). Returns the failed shards' IDs.
+    Refused (``ValueError``) while the run's answer is being built."""
     run = stores.runs.get_run(run_id)
     if run is None:
         raise LookupError(f"no run {run_id!r}")
-    if run.state != ANSWERED:
-        raise ValueError(f"run {run_id} is {run.state}: redrive it once it has answered")
-    failed = [s.shard_id for s in stores.runs.shards(run_id, FAILED)]
-    for i, shard_id in enumerate(failed):
-        publish_after_commit(stores, run_id, stores.runs.transact(
-            run_id, shard_id, decide_requeue(shard_id, now(), first=i == 0)))
-    return failed
+    if run.state == MERGING:
+        raise ValueError(f"run {run_id} is building its answer: redrive it once it has answered")
+    failed = list(itertools.islice(stores.runs.shards(run_id, FAILED), REDRIVE_BATCH))
+    if failed:
+        stores.runs.transact(run_id, None, decide_requeue(failed, run.redrives, now()))
+    publish_after_commit(stores, run_id, [s.shard_id for s in stores.runs.shards(run_id, DISPATCHED)])
+    return [s.shard_id for s in failed]
 
 
 def set_cap(stores: Stores, run_id: str, max_in_flight: int, now: Callable[[], float] = time.time) -> None:

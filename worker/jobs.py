@@ -89,7 +89,7 @@ class JobRef(_Routed):
 
 def correlation_of(given: str | None, attributes: Mapping[str, str], job_id: str) -> str:
     from_attribute = attributes.get("correlation_id", "")
-    if not given and _ID.fullmatch(from_attribute):
+    if not given and valid_id(from_attribute, "correlation_id"):
         given = from_attribute
     return given or job_id
 
@@ -106,17 +106,6 @@ def pass_through(attributes: Mapping[str, str], reply_attributes: Mapping[str, s
     return merged
 
 
-class InvalidJobMessage(InvalidJob):
-    """Raised when a message is not a valid job; ``ref`` keys the error result."""
-
-    def __init__(self, message: str, ref: JobRef, problems: list[str] | None = None):
-        super().__init__(message, problems=problems or [message])
-        self.ref = ref
-
-
-_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
-
-
 @cache
 def load_schema(name: str) -> dict:
     """A JSON Schema from schemas/, by file stem (``job`` or ``result``)."""
@@ -130,6 +119,21 @@ def _validator() -> Draft202012Validator:
     return Draft202012Validator(schema)
 
 
+@cache
+def _id_rule(name: str) -> tuple[re.Pattern[str], int, int]:
+    spec = load_schema("job")["properties"][name]
+    return re.compile(spec["pattern"]), spec["minLength"], spec["maxLength"]
+
+
+def valid_id(value: Any, name: str = "job_id") -> bool:
+    """Whether ``value`` is a valid ``job_id`` (or ``correlation_id``, by ``name``): the schema's own rule for
+    that field (pattern and length, from schemas/job.schema.json), matched against the whole string."""
+    if not isinstance(value, str):
+        return False
+    pattern, shortest, longest = _id_rule(name)
+    return shortest <= len(value) <= longest and pattern.fullmatch(value) is not None
+
+
 def new_job_id() -> str:
     """A random job ID, for jobs that arrive with neither a job_id nor a message ID."""
     return uuid.uuid4().hex
@@ -137,25 +141,25 @@ def new_job_id() -> str:
 
 def parse_job(body: bytes | str, *, message_id: str | None = None, attributes: Mapping[str, str] | None = None,
               publish_time: str | None = None, time_zone: str = "UTC") -> Job:
-    """Parse and validate a job from its JSON text; raise InvalidJobMessage listing every problem."""
+    """Parse and validate a job from its JSON text; raise InvalidJob listing every problem."""
     fallback_id = message_id or new_job_id()
     ref = JobRef(job_id=fallback_id, message_id=message_id, attributes=dict(attributes or {}))
     if isinstance(body, str):
         body = body.encode("utf-8", errors="surrogatepass")
     if len(body) > MAX_JOB_BYTES:
-        raise InvalidJobMessage(f"job is {len(body)} bytes; a job is at most {MAX_JOB_BYTES} bytes", ref)
+        raise InvalidJob(f"job is {len(body)} bytes; a job is at most {MAX_JOB_BYTES} bytes", ref)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise InvalidJobMessage(f"job is not UTF-8 text (byte {e.start})", ref) from None
+        raise InvalidJob(f"job is not UTF-8 text (byte {e.start})", ref) from None
     if not text.strip():
-        raise InvalidJobMessage("job is empty; expected a JSON object with bucket and prefix", ref)
+        raise InvalidJob("job is empty; expected a JSON object with bucket and prefix", ref)
     try:
         payload = json.loads(text)
     except RecursionError:
-        raise InvalidJobMessage("job JSON is nested too deeply", ref) from None
+        raise InvalidJob("job JSON is nested too deeply", ref) from None
     except json.JSONDecodeError as e:
-        raise InvalidJobMessage(f"job is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}", ref) from None
+        raise InvalidJob(f"job is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}", ref) from None
     return validate_job(payload, message_id=message_id, attributes=attributes, publish_time=publish_time,
                         fallback_id=fallback_id, time_zone=time_zone)
 
@@ -164,12 +168,12 @@ def validate_job(payload: Any, *, message_id: str | None = None, attributes: Map
                  publish_time: str | None = None, fallback_id: str | None = None, time_zone: str = "UTC",
                  now: datetime | None = None) -> Job:
     """Check a decoded JSON value against the job schema and resolve its prefix_template; raise
-    InvalidJobMessage listing every problem. ``time_zone`` is the default for templates."""
+    InvalidJob listing every problem. ``time_zone`` is the default for templates."""
     fallback_id = fallback_id or message_id or new_job_id()
     attributes = dict(attributes or {})
     if not isinstance(payload, dict):
         ref = JobRef(job_id=fallback_id, message_id=message_id, attributes=attributes)
-        raise InvalidJobMessage(f"job must be a JSON object, not {_json_type(payload)}", ref)
+        raise InvalidJob(f"job must be a JSON object, not {_json_type(payload)}", ref)
     ref = _best_effort_ref(payload, fallback_id, message_id, attributes)
     problems = _text_problems(payload)
     if not problems:
@@ -184,7 +188,7 @@ def validate_job(payload: Any, *, message_id: str | None = None, attributes: Map
     if not problems and template is not None:
         prefix, reference = _resolve(template, payload, publish_time, time_zone, now, problems)
     if problems:
-        raise InvalidJobMessage("invalid job: " + "; ".join(problems), ref, problems)
+        raise InvalidJob("invalid job: " + "; ".join(problems), ref, problems=problems)
     return Job(
         bucket=payload["bucket"],
         prefix=prefix,
@@ -299,8 +303,8 @@ def job_from_pubsub(data: Any, event_id: str | None = None, *, time_zone: str = 
     """A job from a ``messagePublished`` CloudEvent's data: ``{"message": {"data": base64, ...}}``."""
     message = data.get("message") if isinstance(data, dict) else None
     if not isinstance(message, dict):
-        raise InvalidJobMessage("event has no Pub/Sub message (data.message)", JobRef(job_id=event_id or new_job_id(),
-                                                                                      message_id=event_id))
+        raise InvalidJob("event has no Pub/Sub message (data.message)", JobRef(job_id=event_id or new_job_id(),
+                                                                               message_id=event_id))
     message_id = _str_or_none(message.get("messageId") or message.get("message_id")) or event_id
     attributes = message.get("attributes") or {}
     if not isinstance(attributes, dict):
@@ -309,13 +313,13 @@ def job_from_pubsub(data: Any, event_id: str | None = None, *, time_zone: str = 
     ref = JobRef(job_id=message_id or new_job_id(), message_id=message_id, attributes=attributes)
     encoded = message.get("data")
     if not encoded:
-        raise InvalidJobMessage("Pub/Sub message has no data; the job is its JSON body", ref)
+        raise InvalidJob("Pub/Sub message has no data; the job is its JSON body", ref)
     if not isinstance(encoded, str):
-        raise InvalidJobMessage("Pub/Sub message data is not a base64 string", ref)
+        raise InvalidJob("Pub/Sub message data is not a base64 string", ref)
     try:
         body = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidJobMessage("Pub/Sub message data is not valid base64", ref) from None
+        raise InvalidJob("Pub/Sub message data is not valid base64", ref) from None
     publish_time = _str_or_none(message.get("publishTime") or message.get("publish_time"))
     return parse_job(body, message_id=message_id, attributes=attributes, publish_time=publish_time,
                      time_zone=time_zone)
@@ -324,10 +328,10 @@ def job_from_pubsub(data: Any, event_id: str | None = None, *, time_zone: str = 
 def _best_effort_ref(payload: dict, fallback_id: str, message_id: str | None, attributes: dict[str, str]) -> JobRef:
     """The parts of an invalid job that are valid, so its error result is keyed and routed like its result."""
     job_id = payload.get("job_id")
-    if not (isinstance(job_id, str) and _ID.fullmatch(job_id)):
+    if not valid_id(job_id, "job_id"):
         job_id = fallback_id
     correlation_id = payload.get("correlation_id")
-    if not (isinstance(correlation_id, str) and _ID.fullmatch(correlation_id)):
+    if not valid_id(correlation_id, "correlation_id"):
         correlation_id = None
     reply_attributes = payload.get("reply_attributes")
     if (_text_problems(reply_attributes) or _attribute_problems(reply_attributes)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-GOOGLE_PROVIDER = "accounts.google.com"
+from worker.claims import PROVIDER
 
 
 def trust_policy(unique_id: str, audience: str) -> dict:
@@ -21,12 +21,12 @@ def trust_policy(unique_id: str, audience: str) -> dict:
         "Version": "2012-10-17",
         "Statement": [{
             "Effect": "Allow",
-            "Principal": {"Federated": GOOGLE_PROVIDER},
+            "Principal": {"Federated": PROVIDER},
             "Action": "sts:AssumeRoleWithWebIdentity",
             "Condition": {"StringEquals": {
-                f"{GOOGLE_PROVIDER}:aud": unique_id,
-                f"{GOOGLE_PROVIDER}:oaud": audience,
-                f"{GOOGLE_PROVIDER}:sub": unique_id,
+                f"{PROVIDER}:aud": unique_id,
+                f"{PROVIDER}:oaud": audience,
+                f"{PROVIDER}:sub": unique_id,
             }},
         }],
     }

@@ -5,14 +5,13 @@ and sample ``stddev``, merged with Chan's parallel formula) and approximate ones
 DataSketches: an HLL sketch for the distinct count and a KLL sketch for the quartiles. Both
 sketches merge, so a profile of a whole prefix is the merge of per-row-group profiles in any
 order or grouping. Imported only for full-mode jobs (numpy and datasketches are not needed
-for metadata mode).
+for metadata mode). The allocator settings that keep full mode's memory bounded are process-wide,
+so the edge makes them (:func:`worker.adapters.runtime.bound_allocator_retention`), not this module.
 """
 
 from __future__ import annotations
 
 import collections
-import ctypes
-import functools
 import io
 import math
 from collections.abc import Callable, Collection
@@ -28,15 +27,16 @@ import pyarrow.parquet as pq
 from worker.summary import (
     DECODE_ERRORS,
     DEFAULT_LIMITS,
+    FOOTER_ERRORS,
     ByteBudget,
-    DeadlineReached,
     Fetch,
     Limits,
+    StoppedAtDeadline,
     Summary,
-    UnreadableFile,
     load_footer,
     merge_bound,
     partition_values,
+    unreadable_footer,
 )
 from worker.values import ValueType, array_bounds, comparable_array, render, render_float, value_type
 
@@ -47,27 +47,6 @@ KLL_K = 1000
 QUARTILES = (0.25, 0.5, 0.75)
 HLL_BATCH = 8192
 UNIQUE_SAMPLE = 2048
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
-
-
-@functools.cache
-def bound_allocator_retention() -> None:
-    """Keep full mode's memory bounded by what it holds, not by what allocators keep after freeing.
-
-    Decoding row group after row group in several threads makes Arrow's mimalloc heaps and
-    glibc's per-thread arenas keep freed memory: measured here, 60 to 90 MiB more peak RSS with
-    two threads. Arrow then uses the system allocator, and glibc keeps at most two arenas and
-    returns freed memory above 4 MiB. Process-wide and idempotent; a no-op off glibc.
-    """
-    pa.set_memory_pool(pa.system_memory_pool())
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    for option, value in ((_M_ARENA_MAX, 2), (_M_TRIM_THRESHOLD, 4 << 20), (_M_MMAP_THRESHOLD, 4 << 20)):
-        libc.mallopt(option, value)
 
 
 def kind_of(arrow_type: pa.DataType) -> str:
@@ -249,7 +228,14 @@ class ColumnProfile:
         if not self.n:
             self.n, self.mean, self.m2, self.exp = other.n, other.mean, other.m2, other.exp
             return
-        exp = max(self.exp, other.exp)
+        # A part whose values are all zero has no scale of its own (exp 0 by convention): taking it would scale
+        # the other part's moments down by 4**exp and lose tiny values (~1e-270) to underflow.
+        if other.mean == 0.0 and other.m2 == 0.0:
+            exp = self.exp
+        elif self.mean == 0.0 and self.m2 == 0.0:
+            exp = other.exp
+        else:
+            exp = max(self.exp, other.exp)
         mean_a, m2_a = math.ldexp(self.mean, self.exp - exp), math.ldexp(self.m2, 2 * (self.exp - exp))
         mean_b, m2_b = math.ldexp(other.mean, other.exp - exp), math.ldexp(other.m2, 2 * (other.exp - exp))
         n = self.n + other.n
@@ -386,7 +372,7 @@ class _SparseFile(io.RawIOBase):
     pyarrow's Parquet reader reads column chunks through it; a read outside the fetched ranges
     (a chunk too large to prefetch, or a writer whose chunk sizes are off) is fetched on demand,
     so answers stay exact. An error from ``fetch`` is kept in ``error``: pyarrow reports it as
-    its own I/O error, and the caller re-raises the original (a Retryable must stay one).
+    its own I/O error, and the caller re-raises the original (a Retryable fault must stay one).
     """
 
     def __init__(self, size: int, fetch: Fetch):
@@ -492,17 +478,14 @@ def profile_object(key: str, size: int, fetch: Fetch, *, columns: Collection[str
     """Full mode for one object: its footer summary plus column profiles from one pass over its
     data, in record batches of about ``limits.full_mode_batch_bytes`` each, whatever the size of
     a row group. ``columns`` names top-level columns exactly. Unreadable objects become skips;
-    raises DeadlineReached between batches when ``should_stop`` says so. ``budget`` is the
+    raises StoppedAtDeadline between batches when ``should_stop`` says so. ``budget`` is the
     footer budget (see :func:`worker.summary.load_footer`)."""
     try:
         footer = load_footer(size, fetch, limits=limits, budget=budget)
         md = footer.metadata
         schema = md.schema.to_arrow_schema()
-    except UnreadableFile as e:
-        return Summary.of_skipped(key, str(e))
-    except DECODE_ERRORS as e:
-        return Summary.of_skipped(key, f"unsupported Parquet schema: {type(e).__name__}: {e}")
-    bound_allocator_retention()
+    except FOOTER_ERRORS as e:
+        return unreadable_footer(key, e)
     paths = footer.schema.leaves
     names = [f.name for f in schema if columns is None or f.name in columns]
     leaves = [j for j, path in enumerate(paths) if columns is None or path[0] in columns]
@@ -523,7 +506,7 @@ def profile_object(key: str, size: int, fetch: Fetch, *, columns: Collection[str
             group = md.row_group(r)
             for some in column_groups(paths, leaves):
                 if should_stop():
-                    raise DeadlineReached(key)
+                    raise StoppedAtDeadline(key=key)
                 ranges = [chunk_range(group.column(j)) for j in some]
                 if sum(b - a for a, b in ranges) <= cap:
                     sparse.ranges = [(a, fetch(a, b - 1)) for a, b in coalesce(ranges)]
@@ -542,13 +525,13 @@ def profile_object(key: str, size: int, fetch: Fetch, *, columns: Collection[str
                             profiles[name] = part
                     del batch, array
                     if should_stop():
-                        raise DeadlineReached(key)
+                        raise StoppedAtDeadline(key=key)
                 sparse.ranges = []
-    except DeadlineReached:
+    except StoppedAtDeadline:
         raise
     except DECODE_ERRORS as e:
         if sparse.error is not None and not isinstance(sparse.error, DECODE_ERRORS):
-            raise sparse.error from None  # a fetch failure (Retryable, NotFound...), not the data's
+            raise sparse.error from None  # a fetch failure (Unavailable, NotFound...), not the data's
         return Summary.of_skipped(key, f"unreadable data: {type(e).__name__}: {e}")
     finally:
         sparse.ranges = []

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker import __version__
-from worker.errors import WorkerError
+from worker.errors import WorkerError, http_status_of
 from worker.jobs import Job, JobRef
 
 OK = "ok"
@@ -197,11 +197,8 @@ def to_message(result: dict) -> tuple[bytes, dict[str, str]]:
 
 
 def http_status(result: dict) -> int:
-    """The HTTP status that answers a result: 200 ok, 4xx for a bad job, 5xx for a retryable fault."""
+    """The HTTP status that answers a result: 200 ok, else the error class's (``worker.errors.http_status_of``):
+    4xx for a bad job, 503 for a retryable fault."""
     if result["status"] == OK:
         return 200
-    error = result["error"]
-    if error["retryable"]:
-        return 503
-    return {"invalid_job": 400, "forbidden": 403, "not_found": 404, "deadline_exceeded": 422,
-            "federation_failed": 502}.get(error["code"], 500)
+    return http_status_of(result["error"]["code"], result["error"]["retryable"])

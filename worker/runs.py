@@ -114,9 +114,20 @@ class Change:
 
 
 Decide = Callable[[RunRecord | None, ShardRecord | None, list[ShardRecord]], Change]
-"""Given the run (None: absent), the shard asked for (None: absent or not asked for) and up to ``n`` queued
-shards (n = the run's max_in_flight minus its in_flight, at least 0), say what to write. Pure and
-repeatable: a store may call it again when a transaction is retried."""
+"""Given the run (None: absent), the shard asked for (None: absent or not asked for) and up to
+``queued_wanted(run)`` queued shards, say what to write. Pure and repeatable: a store may call it again when a
+transaction is retried."""
+
+DISPATCH_BATCH = 100  # queued shards one commit dispatches at most (the rest go with later commits)
+
+
+def queued_wanted(run: RunRecord | None) -> int:
+    """How many queued shards a transaction reads for ``decide``: the room under the run's cap, plus the slot the
+    commit may free (a shard finishing), at most DISPATCH_BATCH. Without the one more, a run capped at 1 would
+    never dispatch again: the room is 0 before the finishing shard leaves."""
+    if run is None:
+        return 0
+    return min(max(0, run.max_in_flight - run.in_flight) + 1, DISPATCH_BATCH)
 
 
 class RunStore(Protocol):
@@ -124,8 +135,9 @@ class RunStore(Protocol):
     faults a later attempt can get past (contention that outlasted the retries, unavailable, deadline)."""
 
     def transact(self, run_id: str, shard_id: str | None, decide: Decide) -> Any:
-        """Read the run, the shard and queued shards, call ``decide``, write its ``Change`` atomically, and
-        return its ``value``. Writes nothing if ``decide`` returns a Change with no run and no shards."""
+        """Read the run, the shard and up to ``queued_wanted(run)`` queued shards (any of them), call
+        ``decide``, write its ``Change`` atomically, and return its ``value``. Writes nothing if ``decide``
+        returns a Change with no run and no shards."""
         ...
 
     def get_run(self, run_id: str) -> RunRecord | None: ...

@@ -29,6 +29,7 @@ from worker.errors import (
     InvalidJob,
     NotFound,
     Retryable,
+    Unavailable,
     WorkerError,
 )
 from worker.fanout import (
@@ -45,6 +46,7 @@ from worker.fanout import (
     decide_claim_merge,
     decide_finish,
     decide_hand_off,
+    decide_lost,
     decide_open,
     first_split,
     job_doc,
@@ -56,13 +58,13 @@ from worker.fanout import (
     split_unread,
     tolerated,
 )
-from worker.jobs import InvalidJobMessage, Job, JobRef, job_from_pubsub, new_job_id, parse_job
+from worker.jobs import Job, JobRef, job_from_pubsub, new_job_id, parse_job
 from worker.logs import new_incident_id, report_incident
 from worker.results import error_result, fit, ok_result
 from worker.summary import (
     DEFAULT_LIMITS,
-    DeadlineReached,
     Limits,
+    StoppedAtDeadline,
     Summary,
     SummaryBuilder,
     skip_reason,
@@ -74,26 +76,52 @@ MAX_REASON = 300  # characters of a skipped object's reason (decoder messages ca
 
 
 class ObjectStore(Protocol):
-    """One job's view of one bucket. Only a ``WorkerError`` may escape its methods."""
+    """One job's view of one bucket (from ``Storage.objects``): what a backend or a test double implements.
+
+    Only a ``WorkerError`` may escape its methods: the backend translates its own faults (``Retryable`` for
+    what a later attempt can get past, ``Forbidden``, ``NotFound``...); anything else is taken for a bug (the
+    job answers ``internal``, or a fetch's object is skipped as unreadable). ``list`` and ``common_prefixes``
+    are called from the job's thread, ``fetch`` from several reader threads at once.
+    """
 
     def list(self, prefix: str, start_after: str | None = None) -> Iterator[tuple[str, int]]:
-        """(key, size) of every object under ``prefix`` (and after ``start_after``, if given), in key order,
-        fetched page by page as consumed. ``NotFound``: no such bucket."""
+        """(key, size in bytes) of every object whose key starts with ``prefix`` and, if given, sorts after
+        ``start_after`` (exclusive), in S3's order: ascending by the keys' UTF-8 bytes (Python's ``str`` order for
+        keys without lone surrogates). ``prefix`` is literal, not a glob, and without a trailing slash it also
+        matches sibling keys (``d/2024`` matches ``d/2024-old/x``); folder markers and non-Parquet keys are
+        listed too (the caller skips them). Lazy: fetched page by page as consumed, so a listing of millions of
+        keys costs one page of memory; its errors surface while iterating. ``NotFound``: the bucket does not
+        exist; ``Forbidden``: the bucket may not be listed."""
         ...
 
     def common_prefixes(self, prefix: str, delimiter: str = "/", max_pages: int = 10) -> list[str]:
-        """The key prefixes right under ``prefix`` up to the next ``delimiter`` (S3's "folders"), in key order."""
+        """The distinct key prefixes right under ``prefix``, each up to and including the next ``delimiter``
+        (S3's CommonPrefixes, its "folders"), in S3's order as ``list``; at most ``max_pages`` pages of listing,
+        so a folder of very many may be cut short: used to split key space, never to count. Errors as ``list``."""
         ...
 
     def fetch(self, key: str, start: int, end: int) -> bytes:
-        """Bytes ``start`` to ``end`` (inclusive) of one object. ``NotFound``: the object is gone;
-        ``Forbidden``: this object may not be read; ``Retryable``: try the job again later."""
+        """Bytes ``start`` to ``end`` of one listed object, ``end`` inclusive (an HTTP Range): ``end - start + 1``
+        bytes, fewer only if the object is now shorter (the caller checks). ``NotFound``: the object vanished
+        (deleted, or shrank below ``start``, since it was listed); ``Forbidden``: this object may not be read
+        (archived, a key the role cannot use, access denied): either way the job skips that object and goes on.
+        ``Retryable``: the whole job (or shard) is tried again later."""
         ...
 
 
 class Storage(Protocol):
-    def ensure_credentials(self) -> None: ...
-    def objects(self, bucket: str, job_id: str) -> ObjectStore: ...
+    """The worker's access to S3, built once per instance at the edge (``worker.app``) and shared by its jobs."""
+
+    def ensure_credentials(self) -> None:
+        """Have valid credentials now (the job's federation phase; cached ones are reused until near expiry).
+        Only a ``WorkerError`` may escape: ``FederationFailed`` when no retry can help, ``Retryable`` when STS or
+        the token source is unreachable."""
+        ...
+
+    def objects(self, bucket: str, job_id: str) -> ObjectStore:
+        """A new view of ``bucket`` for one job: per job, never shared between jobs (its requests carry
+        ``job_id``). Called once per job, after ``ensure_credentials``; the view's methods make the requests."""
+        ...
 
 
 class Publisher(Protocol):
@@ -123,16 +151,22 @@ class Worker:
     def handle_pubsub(self, data: Any, event_id: str | None = None, source: str | None = None) -> dict | None:
         """Answer one ``messagePublished`` event: publish its result, or raise ``Retryable`` to be redelivered.
 
-        A shard message (attribute ``kind=shard``) reads its key range instead; from the shard subscription's
-        dead-letter topic (``source``), it marks the range failed. A job that fans out is answered later, by
-        the run's last shard: None then.
+        A message whose ``source`` is SHARD_TOPIC (the push path names it) is a shard of a run: it reads its
+        key range instead; from SHARD_DEAD_LETTER_TOPIC, it marks the range failed. Only the topic decides
+        (a job's attributes cannot make it a shard). A job that fans out is answered later, by the run's last
+        shard: None then.
         """
         if self.publisher is None:
             self.settings.require_reply_topic()
             raise RuntimeError("no publisher configured")
-        shard = _shard_of(data)
-        if shard is not None:
-            self._handle_shard(*shard, dead=_dead_lettered(data, source, self.settings.shard_dead_letter_topic))
+        topic = _topic_of(source)
+        if topic is not None and topic in (self.settings.shard_topic, self.settings.shard_dead_letter_topic):
+            shard = _shard_of(data)
+            if shard is None:
+                log.error("a message on the shard topic that is no shard: dropped", extra={"fields": {
+                    "topic": topic, "message_id": event_id}})
+                return None
+            self._handle_shard(*shard, dead=topic == self.settings.shard_dead_letter_topic)
             return None
         result, job = self._result_of(
             lambda: job_from_pubsub(data, event_id, time_zone=self.settings.template_time_zone),
@@ -160,8 +194,8 @@ class Worker:
         try:
             job = parse()
             return self._answer(job), job
-        except InvalidJobMessage as e:
-            return error_result(e.ref, e), None
+        except InvalidJob as e:
+            return error_result(e.ref or ref_of_message(), e), None
         except Retryable as e:
             if not answer_retryable:
                 raise
@@ -232,9 +266,9 @@ class Worker:
         if not self._full_turns.acquire(timeout=self.settings.job_deadline_seconds / 2):
             log.warning("full-mode job handed back: the instance is busy with others",
                         extra={"fields": _ids(job) | {"code": "unavailable"}})
-            raise Retryable(f"the instance ran {self.settings.full_mode_jobs} full-mode job(s) for "
-                            f"{self.settings.job_deadline_seconds / 2:.0f}s; try again later",
-                            details={"step": "waiting for a full-mode turn"})
+            raise Unavailable(f"the instance ran {self.settings.full_mode_jobs} full-mode job(s) for "
+                              f"{self.settings.job_deadline_seconds / 2:.0f}s; try again later",
+                              details={"step": "waiting for a full-mode turn"})
         try:
             timings["queued"] = _ms_since(started)
             return self._run(job, on_progress, timings, started, deadline)
@@ -273,7 +307,7 @@ class Worker:
                         store, listed, mode=job.mode, columns=job.columns, deadline=deadline,
                         concurrency=self.settings.full_mode_concurrency if full else self.settings.read_concurrency,
                         on_progress=on_progress, tally=tally, limits=self.settings.limits())
-                except DeadlineReached as e:
+                except StoppedAtDeadline as e:
                     of = f"{e.total}" if e.total is not None else "(still listing) the"
                     raise DeadlineExceeded(
                         f"stopped at the {self.settings.job_deadline_seconds}s job deadline after reading "
@@ -343,17 +377,11 @@ class Worker:
             log.warning("shard message of no known run: dropped",
                         extra={"fields": {"run_id": run_id, "shard_id": shard_id}})
             return
+        # What this shard's earlier commits dispatched may not have been published (a crash, or a failed publish
+        # after a hand-off): publish it again before anything else (duplicates count once).
+        replay(self.stores, run_id, shard)
         if shard.state in TERMINAL:
-            replay(self.stores, run_id, shard)
-            if run.state == MERGING and run.merger == shard_id:
-                # The closing shard again: its answer may not have gone out (a crash), or be going out now.
-                claim = runs.transact(run_id, None, decide_claim_merge(
-                    shard_id, time.time(), stale_after=self.settings.job_deadline_seconds + 60))
-                if claim is None:
-                    raise Retryable(f"run {run_id}: another delivery is building the answer; asking again later",
-                                    details={"step": "merging a run"})
-                if claim:
-                    self._merge(run_id)
+            self._merge_if_left(run, shard_id)
             return
         if dead:
             outcome = Outcome(FAILED, error=f"dead-lettered after {shard.attempts} attempt(s)")
@@ -361,18 +389,42 @@ class Worker:
             return  # stale (queued again by a redrive): it gets a new message when dispatched
         else:
             outcome = self._read_shard(run, shard)
+            if outcome is None:  # another delivery finished it meanwhile
+                self._merge_if_left(runs.get_run(run_id) or run, shard_id)
+                return
         committing = time.monotonic()
         finish = runs.transact(run_id, shard_id, decide_finish(run_id, shard_id, outcome, time.time()))
+        if finish.stale:
+            raise Unavailable(f"shard {shard_id} of run {run_id}: another delivery changed its range while this "
+                              "one read it; reading it again", details={"step": "committing a shard"})
         publish_after_commit(self.stores, run_id, finish.publish)
         log.info("shard committed", extra={"fields": {
             "run_id": run_id, "shard_id": shard_id, "state": outcome.state, "published": len(finish.publish),
-            "closes_run": finish.merge, "duplicate": finish.duplicate,
+            "closes_run": finish.merge and not finish.duplicate, "duplicate": finish.duplicate,
             "commit_ms": round((time.monotonic() - committing) * 1000, 1)}})
-        if finish.merge:
+        if finish.duplicate:
+            if finish.merge:
+                self._merge_if_left(runs.get_run(run_id) or run, shard_id)
+        elif finish.merge:
             self._merge(run_id)
 
-    def _read_shard(self, run: RunRecord, shard) -> Outcome:
-        """Read one shard's range within its budget; a permanent failure is the shard's (recorded failed)."""
+    def _merge_if_left(self, run: RunRecord, shard_id: str) -> None:
+        """A delivery of the run's closing shard that did not close it: it builds the answer only if no other
+        delivery has been at it for longer than a request may take (the one that was is presumed dead)."""
+        if run.state != MERGING or run.merger != shard_id:
+            return
+        assert self.stores is not None
+        claim = self.stores.runs.transact(run.run_id, None, decide_claim_merge(
+            shard_id, time.time(), stale_after=self.settings.job_deadline_seconds + 60))
+        if claim is None:
+            raise Unavailable(f"run {run.run_id}: another delivery is building the answer; asking again later",
+                              details={"step": "merging a run"})
+        if claim:
+            self._merge(run.run_id)
+
+    def _read_shard(self, run: RunRecord, shard) -> Outcome | None:
+        """Read one shard's range within its budget; a permanent failure is the shard's (recorded failed).
+        None: the shard was found finished by another delivery (nothing to record)."""
         assert self.stores is not None
         job = job_of(run.job)
         fields = _ids(job) | {"run_id": run.run_id, "shard_id": shard.shard_id}
@@ -419,7 +471,9 @@ class Worker:
 
             tally = Tally()
             full = job.mode == "full"
-            with _phase(phases, "reading"):
+            with _phase(phases, "reading"), self._turn(full, "reading a shard"):
+                reading = time.monotonic()  # the budget starts with the turn
+                budget = reading + self.settings.shard_seconds
                 summary = summarize_listing(
                     store, within_budget(), mode=job.mode, columns=job.columns,
                     deadline=started + self.settings.job_deadline_seconds,
@@ -435,13 +489,14 @@ class Worker:
             log.info("shard read", extra={"fields": fields | {
                 "objects": tally.listed, "handed_on": len(handed_on), "unread": len(own) - tally.listed,
                 "timings_ms": {k: round(v, 1) for k, v in phases.items()}}})
-            return Outcome(DONE, partial=name, covered_stop=covered, handed=handed_on, listed=tally.listed,
+            return Outcome(DONE, partial=name, read_stop=stop, covered_stop=covered, handed=handed_on,
+                           listed=tally.listed,
                            parquet=tally.parquet, refused=tally.refused, first_refusal=tally.first_refusal,
                            bytes_listed=sum(size for k, size in own if covered is None or k < covered),
                            bytes_read=summary.bytes, seconds=time.monotonic() - started)
-        except DeadlineReached:
-            raise Retryable(f"shard {shard.shard_id} reached the {self.settings.job_deadline_seconds}s deadline",
-                            details={"step": "reading a shard"}) from None
+        except StoppedAtDeadline:
+            raise Unavailable(f"shard {shard.shard_id} reached the {self.settings.job_deadline_seconds}s deadline",
+                              details={"step": "reading a shard"}) from None
         except WorkerError as e:
             if e.retryable:
                 log.warning("shard will be retried: %s", e.message, extra={"fields": fields | {"code": e.code}})
@@ -449,10 +504,26 @@ class Worker:
             log.warning("shard failed: %s", e.message, extra={"fields": fields | {"code": e.code}})
             return Outcome(FAILED, error=f"{e.code}: {e.message}"[:MAX_REASON])
         except _AlreadyDone:
-            return Outcome(DONE)  # the commit finds the shard terminal: a duplicate, nothing written
+            return None
         except Exception as e:  # noqa: BLE001 - a bug costs this shard (recorded failed, redrivable), not the run
             incident = self._incident(e, "reading a shard", job)
             return Outcome(FAILED, error=f"internal: {incident.message}"[:MAX_REASON])
+
+    @contextmanager
+    def _turn(self, full: bool, step: str):
+        """A full-mode read takes one of the instance's FULL_MODE_JOBS turns (a job's or a shard's), waiting at
+        most half the deadline; then it is handed back to Pub/Sub rather than start too late to finish."""
+        if not full:
+            yield
+            return
+        if not self._full_turns.acquire(timeout=self.settings.job_deadline_seconds / 2):
+            raise Unavailable(f"the instance ran {self.settings.full_mode_jobs} full-mode read(s) for "
+                              f"{self.settings.job_deadline_seconds / 2:.0f}s; try again later",
+                              details={"step": f"waiting for a full-mode turn ({step})"})
+        try:
+            yield
+        finally:
+            self._full_turns.release()
 
     def _merge(self, run_id: str) -> None:
         """Merge a closed run's partials and publish its one answer (the same run_id on every answer)."""
@@ -464,28 +535,41 @@ class Worker:
 
         job = job_of(run.job)
         builder = SummaryBuilder()
-        failed = []
+        failed, lost = [], []
         for shard in self.stores.runs.shards(run_id):  # streamed: one partial in memory at a time
             if shard.state == DONE and shard.partial:
-                builder.add(partials.decode(self.stores.blobs.get(shard.partial)))
+                try:
+                    builder.add(partials.decode(self.stores.blobs.get(shard.partial)))
+                except (NotFound, partials.CorruptPartial) as e:
+                    # Gone (the bucket's lifecycle) or unreadable (another format version): the range is unread.
+                    lost.append((shard.shard_id, f"partial summary lost: {e.message}"[:MAX_REASON]))
             elif shard.state == FAILED:
                 failed.append(shard)
+        if lost:
+            for shard_id, reason in lost:
+                self.stores.runs.transact(run_id, shard_id, decide_lost(shard_id, reason, time.time()))
+            run = self.stores.runs.get_run(run_id) or run
+            failed = list(self.stores.runs.shards(run_id, FAILED))
         summary = builder.build()
         now = time.time()
-        section = run_section(run, failed, now)
+        # The failed ranges take at most a quarter of what a result may weigh (keys run to 1,024 characters).
+        section = run_section(run, failed, now, max_bytes=self.settings.result_max_bytes // 4)
         section["objects_read"] = summary.files
         timings = {"total": (now - run.created_at) * 1000.0}
         tally = Tally(listed=run.listed, parquet=run.parquet, refused=run.refused, first_refusal=run.first_refusal)
-        if tolerated(run):
+        finished = run.shards_done + run.shards_failed
+        if run.shards_failed and (not tolerated(run) or run.shards_done == 0):
+            # Not tolerated, or nothing read at all (then no figure could say anything of the prefix).
+            result = error_result(job, Incomplete(
+                f"{run.shards_failed} of {finished} key ranges of the run failed (tolerated: "
+                f"{run.tolerated_failure_percent:g}%); fanout.failed_ranges names them, and "
+                f"`python -m worker redrive {run_id}` reads only those again",
+                details={"run_id": run_id, "failed": run.shards_failed, "shards": finished}), timings)
+        else:
             try:
                 result = _answer_of(job, summary, tally, timings)
             except WorkerError as e:
                 result = error_result(job, e, timings)
-        else:
-            result = error_result(job, Incomplete(
-                f"{run.shards_failed} of {run.shards_done + run.shards_failed} key ranges of the run failed "
-                f"(tolerated: {run.tolerated_failure_percent:g}%); `python -m worker redrive {run_id}` reads "
-                "only those again", details={"failed_ranges": section.get("failed_ranges", [])}), timings)
         result["fanout"] = section
         _, message_id = self._send(result, job)
         self.stores.runs.transact(run_id, None, decide_answered(message_id, time.time()))
@@ -514,7 +598,7 @@ def summarize_listing(store: ObjectStore, listed: Iterable[tuple[str, int]], *, 
 
     ``listed`` is consumed as it comes (a streamed listing): memory does not grow with the number of
     keys. One object's failure is that object's: it is skipped with its reason (``tally.refused``
-    counts access refusals). Raises ``Retryable`` as it comes, and ``DeadlineReached`` once ``clock()``
+    counts access refusals). Raises ``Retryable`` as it comes, and ``StoppedAtDeadline`` once ``clock()``
     passes ``deadline``: no new key is taken from the listing, no new object started, and in full
     mode no new row group.
     """
@@ -532,7 +616,7 @@ def summarize_listing(store: ObjectStore, listed: Iterable[tuple[str, int]], *, 
         nonlocal listing_complete
         for key, size in listed:
             if late():
-                raise DeadlineReached(key, done=done, total=None)
+                raise StoppedAtDeadline(key=key, done=done, total=None)
             tally.listed += 1
             reason = skip_reason(key, size)
             if reason is None:
@@ -554,7 +638,7 @@ def summarize_listing(store: ObjectStore, listed: Iterable[tuple[str, int]], *, 
 
                 return profile_object(key, size, fetch, columns=wanted, should_stop=late, limits=limits)
             return summarize_object(key, size, fetch, wanted, limits=limits)
-        except (Retryable, DeadlineReached):
+        except (Retryable, StoppedAtDeadline):
             raise
         except WorkerError as e:
             if isinstance(e, Forbidden):
@@ -578,10 +662,10 @@ def summarize_listing(store: ObjectStore, listed: Iterable[tuple[str, int]], *, 
     if second is None:  # one object: no pool of threads to start and stop for it
         try:
             if late():
-                raise DeadlineReached(first[0])
+                raise StoppedAtDeadline(key=first[0])
             total.add(one(first))
-        except DeadlineReached:
-            raise DeadlineReached(first[0], done=0, total=1) from None  # the listing is complete: one object
+        except StoppedAtDeadline:
+            raise StoppedAtDeadline(key=first[0], done=0, total=1) from None  # the listing is complete: one object
         done = 1
         progressed()
         return total.build()
@@ -599,16 +683,16 @@ def summarize_listing(store: ObjectStore, listed: Iterable[tuple[str, int]], *, 
             # A bounded window in flight, so memory does not grow with the prefix.
             for item in chain([first, second], keys):
                 if late():
-                    raise DeadlineReached(item[0], done=done, total=tally.parquet if listing_complete else None)
+                    raise StoppedAtDeadline(key=item[0], done=done, total=tally.parquet if listing_complete else None)
                 in_flight.add(pool.submit(one, item))
                 if len(in_flight) >= 2 * concurrency:
                     finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                     collect(finished)
             collect(in_flight)
-        except DeadlineReached as e:
+        except StoppedAtDeadline as e:
             for future in in_flight:
                 future.cancel()
-            raise DeadlineReached(e.key, done=done, total=tally.parquet if listing_complete else None) from None
+            raise StoppedAtDeadline(key=e.key, done=done, total=tally.parquet if listing_complete else None) from None
         except BaseException:
             for future in in_flight:
                 future.cancel()
@@ -634,13 +718,15 @@ def _shard_of(data: Any) -> tuple[str, str] | None:
     return run_id, shard_id
 
 
-def _dead_lettered(data: Any, source: str | None, dead_letter_topic: str | None) -> bool:
-    """Whether a shard message comes from the shard subscription's dead-letter topic: the push path names it
-    (functions-framework puts it in the event's source), or Pub/Sub's dead-letter attributes say so."""
-    if dead_letter_topic and source and source.endswith("/" + dead_letter_topic):
-        return True
-    attributes = (data.get("message") or {}).get("attributes") or {}
-    return "CloudPubSubDeadLetterSourceDeliveryCount" in attributes
+def _topic_of(source: str | None) -> str | None:
+    """The topic (projects/P/topics/T) an event's source names: //pubsub.googleapis.com/projects/P/topics/T,
+    as functions-framework makes it from the push path (and Eventarc from the trigger's topic)."""
+    if not source:
+        return None
+    at = source.find("projects/")
+    topic = source[at:] if at >= 0 else ""
+    parts = topic.split("/")
+    return topic if len(parts) == 4 and parts[2] == "topics" and parts[1] and parts[3] else None
 
 
 def _head(listed: Iterator[tuple[str, int]], most_objects: int | None, most_bytes: int | None

@@ -98,12 +98,17 @@ class UnreadableFile(Exception):
     """Raised when an object cannot be read as Parquet; the message is the skip reason."""
 
 
-class DeadlineReached(Exception):
-    """Raised when a job must stop before its deadline: ``key`` is where it stopped, ``done`` of
-    ``total`` objects were read by then (``total`` is None while the listing was still going)."""
+class StoppedAtDeadline(Exception):
+    """Raised inside reading when the job's deadline has passed: a signal to its caller, never a result.
 
-    def __init__(self, key: str, *, done: int = 0, total: int | None = None):
-        super().__init__(f"deadline reached at {key!r} after {done} object(s)")
+    Named fields, all keyword-only: ``key`` is where reading stopped, ``done`` of ``total`` objects were read by
+    then (``total`` is None while the listing was still going; ``done`` is 0 where it is not counted, inside one
+    object). The caller answers with ``worker.errors.DeadlineExceeded`` (a job: code ``deadline_exceeded``) or
+    hands the work back (a shard); the two names keep the signal apart from the error.
+    """
+
+    def __init__(self, *, key: str, done: int = 0, total: int | None = None):
+        super().__init__(f"stopped at the deadline at {key!r} after {done} object(s)")
         self.key, self.done, self.total = key, done, total
 
 
@@ -196,8 +201,11 @@ def skip_reason(key: str, size: int) -> str | None:
 
 
 # What decoding one object's hostile or unusual bytes can raise: the object is skipped with
-# the reason. Retryable and the other WorkerErrors (from fetching) are none of these.
+# the reason. Retryable faults and the other WorkerErrors (from fetching) are none of these.
 DECODE_ERRORS = (pa.ArrowException, ValueError, OSError, RecursionError, IndexError, KeyError, OverflowError)
+# What reading and mapping one object's footer can raise for the object's own bytes: the object is skipped
+# (unreadable_footer says why).
+FOOTER_ERRORS = (UnreadableFile, *DECODE_ERRORS)
 
 
 def summarize_object(key: str, size: int, fetch: Fetch, columns: Collection[str] | None = None, *,
@@ -206,10 +214,16 @@ def summarize_object(key: str, size: int, fetch: Fetch, columns: Collection[str]
     try:
         footer = load_footer(size, fetch, limits=limits, budget=budget)
         return Summary.of_file(key, size, footer.metadata, columns, leaves=footer.schema.leaves)
-    except UnreadableFile as e:
-        return Summary.of_skipped(key, str(e))
-    except DECODE_ERRORS as e:  # a footer pyarrow decodes but cannot map
-        return Summary.of_skipped(key, f"unsupported Parquet schema: {type(e).__name__}: {e}")
+    except FOOTER_ERRORS as e:
+        return unreadable_footer(key, e)
+
+
+def unreadable_footer(key: str, error: Exception) -> Summary:
+    """The skip of an object whose footer raised one of FOOTER_ERRORS, in both modes: an UnreadableFile gives
+    its own reason; a footer pyarrow decodes but cannot map is an unsupported schema."""
+    if isinstance(error, UnreadableFile):
+        return Summary.of_skipped(key, str(error))
+    return Summary.of_skipped(key, f"unsupported Parquet schema: {type(error).__name__}: {error}")
 
 
 def leaf_paths(md: pq.FileMetaData) -> tuple[tuple[str, ...], ...]:

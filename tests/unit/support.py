@@ -72,7 +72,9 @@ class MemoryRuns:
             run = RunRecord.from_doc(copy.deepcopy(run)) if run is not None else None
             shard = self.shard_docs.get((run_id, shard_id)) if shard_id else None
             shard = ShardRecord.from_doc(copy.deepcopy(shard)) if shard is not None else None
-            room = max(0, run.max_in_flight - run.in_flight) if run is not None else 0
+            from worker.runs import queued_wanted
+
+            room = queued_wanted(run)
             queued = [ShardRecord.from_doc(copy.deepcopy(d)) for (r, _), d in sorted(self.shard_docs.items())
                       if r == run_id and d["state"] == QUEUED][:room]
             change = decide(run, shard, queued)

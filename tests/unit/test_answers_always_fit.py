@@ -9,8 +9,8 @@ import jsonschema._keywords
 import pytest
 from jsonschema import Draft202012Validator
 
-from worker.errors import Internal
-from worker.jobs import InvalidJobMessage, Job, JobRef, load_schema, parse_job
+from worker.errors import Internal, InvalidJob
+from worker.jobs import Job, JobRef, load_schema, parse_job
 from worker.results import REDUCTION_ORDER, error_result, fit, ok_result, to_json, to_message
 
 VALIDATOR = Draft202012Validator(load_schema("result"))
@@ -100,7 +100,7 @@ def test_an_internal_error_result_names_its_incident_not_the_exception_text():
                  "reference_time": "0001-01-01T00:30:00+01:00"}), "outside the years 1-9999"),
 ])
 def test_jobs_that_used_to_escape_the_boundary_are_invalid_jobs(body, says):
-    with pytest.raises(InvalidJobMessage) as caught:
+    with pytest.raises(InvalidJob) as caught:
         parse_job(body, message_id="m-1")
     assert says in caught.value.message
     result = error_result(caught.value.ref, caught.value)
@@ -125,12 +125,12 @@ def test_a_large_array_of_mixed_items_never_reaches_pairwise_comparison(monkeypa
     calls.clear()
     try:
         body = json.dumps({"bucket": "my-bucket", "prefix": "", "columns": [{}, *range(12000)]}, separators=(",", ":"))
-        with pytest.raises(InvalidJobMessage) as caught:
+        with pytest.raises(InvalidJob) as caught:
             parse_job(body)
         assert "every item must be a string" in caught.value.message
         assert "12001 items; at most 10000" in caught.value.message
         assert calls == []  # jsonschema's uniqueItems (pairwise for unsortable items) did not run
-        with pytest.raises(InvalidJobMessage):
+        with pytest.raises(InvalidJob):
             parse_job(json.dumps({"bucket": "my-bucket", "prefix": "", "columns": ["a", "a"]}))
         assert calls == [2]  # strings only: uniqueItems runs (it sorts them)
     finally:
@@ -139,6 +139,6 @@ def test_a_large_array_of_mixed_items_never_reaches_pairwise_comparison(monkeypa
 
 def test_the_problem_list_is_bounded():
     body = json.dumps({"bucket": "my-bucket", "prefix": "", **{f"x{i}": 1 for i in range(500)}})
-    with pytest.raises(InvalidJobMessage) as caught:
+    with pytest.raises(InvalidJob) as caught:
         parse_job(body)
     assert len(caught.value.problems) <= 51

@@ -1,5 +1,7 @@
-"""The direction of imports: the pure core imports no cloud library, and nothing imports main.py."""
+"""The direction of imports: the pure core imports no cloud library and touches no process-wide state, and
+nothing imports main.py."""
 
+import ast
 import re
 import subprocess
 import sys
@@ -8,6 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+CLOUD = {"boto3", "botocore", "google", "awswrangler", "functions_framework", "flask"}
 BLOCKER = """
 import sys
 class Block:
@@ -18,12 +21,145 @@ sys.meta_path.insert(0, Block())
 import importlib
 importlib.import_module(sys.argv[1])
 """
+# Every module that claims to be pure (its docstring says so), the fan-out's decisions and records, and what
+# they import from the worker: none may import a cloud library or change the process it runs in.
+PURE = ("profile", "claims", "templates", "summary", "jobs", "results", "values", "footer", "fanout", "runs",
+        "partials", "policies", "errors")
+# Process-wide state a pure module must leave alone: Arrow's memory pool, the C library, the environment.
+PROCESS_WIDE_CALLS = {"set_memory_pool", "mallopt", "putenv", "unsetenv", "setrecursionlimit"}
+ENVIRON_WRITES = {"update", "setdefault", "pop", "popitem", "clear", "__setitem__", "__delitem__"}
+
+
+def _tree(name: str) -> ast.Module:
+    return ast.parse((REPO / "worker" / f"{name}.py").read_text(encoding="utf-8"))
+
+
+def _imported(tree: ast.Module) -> list[str]:
+    """Every module an import statement names, at the top or inside a function (lazy imports included)."""
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
+
+
+def _is_environ(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Attribute) and node.attr == "environ") or (
+        isinstance(node, ast.Name) and node.id == "environ")
+
+
+def _process_wide(tree: ast.Module) -> list[str]:
+    """What in a module's code changes the whole process: ctypes, the named calls, writes to os.environ."""
+    found: list[str] = []
+    for node in ast.walk(tree):
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Attribute) and node.attr in PROCESS_WIDE_CALLS:
+            found.append(f"line {line}: .{node.attr}")
+        elif isinstance(node, ast.Name) and node.id in PROCESS_WIDE_CALLS:
+            found.append(f"line {line}: {node.id}")
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+            if any(isinstance(t, ast.Subscript) and _is_environ(t.value) for t in targets):
+                found.append(f"line {line}: os.environ[...] written")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in ENVIRON_WRITES and _is_environ(node.func.value)):
+            found.append(f"line {line}: os.environ.{node.func.attr}()")
+    found += [f"imports {name}" for name in _imported(tree) if name.split(".")[0] == "ctypes"]
+    return found
 
 
 @pytest.mark.parametrize("module", ["worker.summary", "worker.jobs", "worker.results", "worker.errors",
                                     "worker.config", "worker.service", "worker.policies"])
 def test_core_imports_without_cloud_libraries(module):
     run = subprocess.run([sys.executable, "-c", BLOCKER, module], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", PURE)
+def test_a_pure_module_imports_without_cloud_libraries(name):
+    run = subprocess.run([sys.executable, "-c", BLOCKER, f"worker.{name}"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", PURE)
+def test_a_pure_module_names_no_cloud_library_and_only_pure_worker_modules(name):
+    """Static, so lazy imports inside functions count too (the subprocess above only runs the top level)."""
+    imported = _imported(_tree(name))
+    assert [m for m in imported if m.split(".")[0] in CLOUD] == []
+    worker_modules = {m for m in imported if m == "worker" or m.startswith("worker.")}
+    assert worker_modules <= {"worker"} | {f"worker.{p}" for p in PURE}, worker_modules
+
+
+@pytest.mark.parametrize("name", PURE)
+def test_a_pure_module_touches_no_process_wide_state(name):
+    assert _process_wide(_tree(name)) == []
+
+
+def test_every_module_that_says_it_is_pure_is_checked():
+    claims = set()
+    for path in (REPO / "worker").glob("*.py"):
+        docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        if re.search(r"(^|[.\n]\s*)Pure\b", docstring):
+            claims.add(path.stem)
+    assert claims and claims <= set(PURE), claims - set(PURE)
+
+
+def test_the_process_wide_check_sees_what_it_looks_for():
+    tree = ast.parse("import ctypes\nimport os\nimport pyarrow as pa\npa.set_memory_pool(pa.system_memory_pool())\n"
+                     "ctypes.CDLL('libc.so.6').mallopt(-8, 2)\nos.environ['X'] = '1'\nos.environ.setdefault('Y', '')\n")
+    assert len(_process_wide(tree)) == 5
+
+
+FULL_MODE_LEAVES_THE_POOL = BLOCKER.replace("importlib.import_module(sys.argv[1])", """
+import io
+import pyarrow as pa
+import pyarrow.parquet as pq
+from worker.profile import profile_object
+before = pa.default_memory_pool().backend_name
+buf = io.BytesIO()
+pq.write_table(pa.table({"v": list(range(1000))}), buf)
+data = buf.getvalue()
+out = profile_object("t.parquet", len(data), lambda a, b: data[a:b + 1]).to_dict()
+assert out["profile"]["v"]["count"] == 1000, out
+assert pa.default_memory_pool().backend_name == before, (before, pa.default_memory_pool().backend_name)
+""")
+
+
+def test_full_mode_leaves_the_memory_pool_to_the_edge():
+    run = subprocess.run([sys.executable, "-c", FULL_MODE_LEAVES_THE_POOL], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+EDGES_BOUND_THE_ALLOCATORS = """
+import sys
+import pyarrow as pa
+from worker import app, cli
+from worker.config import Settings
+from tests.unit.support import MemoryStore
+
+class Storage:
+    def ensure_credentials(self):
+        pass
+
+    def objects(self, bucket, job_id):
+        return MemoryStore({})
+
+if sys.argv[1] == "function":
+    app.build_worker = lambda settings: object()
+    app.get_worker(Settings(role_arn="", audience=""))
+else:
+    app.build_storage = lambda settings: Storage()
+    assert cli.main(["summarize", "s3://b-1/p/"]) == 1  # not_found: nothing under the prefix
+assert pa.default_memory_pool().backend_name == "system", pa.default_memory_pool().backend_name
+"""
+
+
+@pytest.mark.parametrize("edge", ["function", "cli"])
+def test_the_function_and_the_cli_bound_allocator_retention_where_they_start(edge):
+    run = subprocess.run([sys.executable, "-c", EDGES_BOUND_THE_ALLOCATORS, edge], cwd=REPO, capture_output=True,
+                         text=True)
     assert run.returncode == 0, run.stderr[-2000:]
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from worker.config import Settings
+from worker.config import Settings, topic_path
 from worker.errors import ConfigError
 
 GOOD = {"AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/reader", "ID_TOKEN_AUDIENCE": "//aud"}
@@ -47,3 +47,16 @@ def test_values_are_parsed():
 def test_reply_topic_is_required_only_to_answer_pubsub():
     with pytest.raises(ConfigError, match="REPLY_TOPIC"):
         Settings.from_env(GOOD).require_reply_topic()
+
+
+def test_a_short_topic_name_becomes_a_full_path_by_one_rule():
+    assert topic_path("results", "proj") == "projects/proj/topics/results"
+    assert topic_path("projects/other/topics/t", "proj") == "projects/other/topics/t"
+    with pytest.raises(ValueError, match="short name"):
+        topic_path("results", None)
+    s = Settings.from_env(GOOD | {"GOOGLE_CLOUD_PROJECT": "proj", "REPLY_TOPIC": "results", "PARTIALS_BUCKET": "parts",
+                                  "SHARD_TOPIC": "shards", "SHARD_DEAD_LETTER_TOPIC": "dead",
+                                  "ALLOWED_REPLY_TOPICS": "stage-2,projects/x/topics/y"})
+    assert (s.reply_topic, s.shard_topic, s.shard_dead_letter_topic) == (
+        topic_path("results", "proj"), topic_path("shards", "proj"), topic_path("dead", "proj"))
+    assert s.allowed_reply_topics == {"projects/proj/topics/stage-2", "projects/x/topics/y"}

@@ -19,9 +19,11 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from tests.unit.reaching import Branches
 from tests.unit.support import MemoryBlobs, MemoryRuns, MemoryShardQueue, MemoryStore, same_figures
 from worker.config import Settings
 from worker.fanout import (
+    INITIAL_SHARDS_MAX,
     Stores,
     after,
     first_split,
@@ -35,6 +37,8 @@ from worker.runs import ANSWERED, FAILED
 from worker.service import Worker
 
 DLQ = "projects/p/topics/shards-dead-letter"
+SHARDS = "projects/p/topics/shards"
+SHARD_SOURCE = f"//pubsub.googleapis.com/{SHARDS}"
 KEY_CHARS = st.sampled_from(["a", "b", "/", "0", "9", "-", ".", "=", "é", "\u4e2d", "\U0001f600", " ", "~"])
 
 
@@ -44,15 +48,32 @@ def _parquet(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
+# Keys in "folders" (p/a/b), so that S3's common prefixes lie past the keys listed so far.
+FOLDER_KEYS = st.lists(st.text(KEY_CHARS.filter(lambda c: c != "/"), min_size=1, max_size=2), min_size=2,
+                       max_size=3).map("/".join)
+FIRST_SPLIT = Branches(**{"bounds thinned": 30, "folders past the listing": 40})
+
+
+@FIRST_SPLIT.checked
 @settings(max_examples=300, deadline=None)
-@given(keys=st.sets(st.text(KEY_CHARS, min_size=1, max_size=6), max_size=60), head=st.integers(0, 60),
-       per_shard=st.integers(1, 9))
-def test_the_first_split_covers_every_key_of_the_prefix_exactly_once(keys, head, per_shard):
+@given(most=st.integers(2, 6) | st.just(INITIAL_SHARDS_MAX), per_shard=st.integers(1, 9), head=st.integers(0, 60),
+       keys=st.sets(st.text(KEY_CHARS, min_size=1, max_size=6) | FOLDER_KEYS, max_size=60))
+def test_the_first_split_covers_every_key_of_the_prefix_exactly_once(most, per_shard, head, keys):
     store = MemoryStore({f"p/{k}": b"x" for k in keys} | {"o/outside": b"x", "p": b"x"})
-    listed = [k for k, _ in store.list("p/")][:head]
-    ranges = first_split(listed, store.common_prefixes("p/"), per_shard=per_shard)
+    every = [k for k, _ in store.list("p/")]
+    listed = every[:head % (len(every) + 1)]  # the keys listed before the split: any number of them
+    folders = store.common_prefixes("p/")
+    ranges = first_split(listed, folders, per_shard=per_shard, most=most)
     read = [k for a, b in ranges for k, _ in list_range(store, "p/", a, b)]
     event(f"ranges: {'1' if len(ranges) == 1 else '2-9' if len(ranges) < 10 else '10+'}")
+    tail = after(listed[-1]) if listed else None
+    past = {f for f in folders if tail is None or f > tail}
+    bounds = {listed[i] for i in range(per_shard, len(listed), per_shard)} | ({tail} if tail else set()) | past
+    assert len(ranges) == min(len(bounds), most - 1) + 1  # a run starts with at most `most` shards
+    if len(bounds) > most - 1:
+        FIRST_SPLIT.reached("bounds thinned")
+    if past and listed:
+        FIRST_SPLIT.reached("folders past the listing")
     assert read == sorted(f"p/{k}" for k in keys)
     assert ranges[0][0] is None and ranges[-1][1] is None
     assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
@@ -100,7 +121,7 @@ def _lake(n: int = 120, *, flat: bool = False) -> dict[str, bytes]:
 def _worker(objects, **overrides):
     given = {"fanout_min_objects": 25, "shard_objects": 9, "fanout_max_in_flight": 4} | overrides
     settings = Settings(role_arn="", audience="", reply_topic="projects/p/topics/results", partials_bucket="parts",
-                        shard_topic="projects/p/topics/shards", shard_dead_letter_topic=DLQ, **given)
+                        shard_topic=SHARDS, shard_dead_letter_topic=DLQ, **given)
     stores = Stores(runs=MemoryRuns(), blobs=MemoryBlobs(), shards=MemoryShardQueue())
     publisher = Publisher()
     store = MemoryStore(objects)
@@ -135,7 +156,7 @@ def _deliver_all(worker, stores, rng: random.Random, *, duplicates: float = 0.0,
         run_id, shard_id = queue.pop(rng.randrange(len(queue)))
         if rng.random() < duplicates:
             queue.append((run_id, shard_id))
-        source = f"//pubsub.googleapis.com/{DLQ}" if shard_id in dead else "//pubsub.googleapis.com/x/topics/shards"
+        source = f"//pubsub.googleapis.com/{DLQ}" if shard_id in dead else SHARD_SOURCE
         worker.handle_pubsub(_shard_message(run_id, shard_id), f"s-{shard_id}", source=source)
         delivered += 1
         run = stores.runs.get_run(run_id)
@@ -236,7 +257,7 @@ def test_status_reports_progress_and_an_estimate():
     worker, stores, _ = _worker(_lake(60))
     worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
     run_id, shard_id = stores.shards.messages.pop(0)
-    worker.handle_pubsub(_shard_message(run_id, shard_id), "s-1")
+    worker.handle_pubsub(_shard_message(run_id, shard_id), "s-1", source=SHARD_SOURCE)
     status = status_of(stores.runs.get_run("m-1"))
     assert status["state"] == "running" and status["shards_done"] == 1 and status["eta_seconds"] is not None
     assert status["objects_listed"] > 0
@@ -263,7 +284,7 @@ def test_small_jobs_and_http_jobs_run_on_one_instance():
 
 
 def test_a_second_delivery_of_the_closing_shard_builds_the_answer_only_if_the_first_is_gone(monkeypatch):
-    from worker.errors import Retryable
+    from worker.errors import Retryable, Unavailable
 
     worker, stores, out = _worker(_lake(40))
     worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
@@ -273,7 +294,7 @@ def test_a_second_delivery_of_the_closing_shard_builds_the_answer_only_if_the_fi
     def publish_fails_once(result, topic=None):  # the merger dies while publishing (no answer goes out)
         calls["n"] += 1
         if calls["n"] == 1:
-            raise Retryable("Pub/Sub unavailable")
+            raise Unavailable("Pub/Sub unavailable")
         return send(result, topic)
 
     monkeypatch.setattr(out, "publish", publish_fails_once)
@@ -281,12 +302,13 @@ def test_a_second_delivery_of_the_closing_shard_builds_the_answer_only_if_the_fi
     with pytest.raises(Retryable):
         while stores.shards.messages:
             closing = stores.shards.messages.pop(0)
-            worker.handle_pubsub(_shard_message(*closing), "s")
+            worker.handle_pubsub(_shard_message(*closing), "s", source=SHARD_SOURCE)
     assert stores.runs.get_run("m-1").state == "merging" and out.sent == []
     with pytest.raises(Retryable, match="another delivery is building the answer"):
-        worker.handle_pubsub(_shard_message(*closing), "s")  # soon after: the first may still be at it
+        # soon after: the first may still be at it
+        worker.handle_pubsub(_shard_message(*closing), "s", source=SHARD_SOURCE)
     later = time.time() + worker.settings.job_deadline_seconds + 61
     monkeypatch.setattr(time, "time", lambda: later)
-    worker.handle_pubsub(_shard_message(*closing), "s")  # long after: the first is presumed gone
-    worker.handle_pubsub(_shard_message(*closing), "s")  # and once answered, nothing more
+    worker.handle_pubsub(_shard_message(*closing), "s", source=SHARD_SOURCE)  # long after: the first is presumed gone
+    worker.handle_pubsub(_shard_message(*closing), "s", source=SHARD_SOURCE)  # and once answered, nothing more
     assert len(out.sent) == 1 and stores.runs.get_run("m-1").state == ANSWERED

@@ -15,7 +15,7 @@ import pytest
 import worker.service as service
 from tests.unit.support import MemoryShardQueue
 from tests.unit.test_fanout import (
-    DLQ,
+    SHARD_SOURCE,
     _deliver_all,
     _job_message,
     _lake,
@@ -23,7 +23,7 @@ from tests.unit.test_fanout import (
     _shard_message,
     _worker,
 )
-from worker.errors import Retryable
+from worker.errors import Retryable, Unavailable
 from worker.fanout import (
     Outcome,
     after,
@@ -54,7 +54,7 @@ def _deliver_with_retries(worker, stores, rng, *, later=None, attempts=50):
             return
         message = queue.pop(rng.randrange(len(queue)))
         try:
-            worker.handle_pubsub(_shard_message(*message), "s", source="//pubsub.googleapis.com/x/topics/shards")
+            worker.handle_pubsub(_shard_message(*message), "s", source=SHARD_SOURCE)
         except Exception:  # noqa: BLE001 - redelivered, as Pub/Sub does for any 500
             attempts -= 1
             queue.append(message)
@@ -117,7 +117,7 @@ def test_a_hand_off_whose_publish_failed_is_published_by_the_redelivery(monkeypa
         def publish_shards(self, run_id, shard_ids):
             if armed["now"]:
                 armed["now"] = False
-                raise Retryable("Pub/Sub unavailable")
+                raise Unavailable("Pub/Sub unavailable")
             queue.publish_shards(run_id, shard_ids)
 
         @property
@@ -144,7 +144,7 @@ def test_a_redrive_whose_publish_failed_can_be_run_again():
 
     class Down:
         def publish_shards(self, run_id, shard_ids):
-            raise Retryable("Pub/Sub unavailable")
+            raise Unavailable("Pub/Sub unavailable")
 
     stores.shards = Down()
     with pytest.raises(Retryable):
@@ -173,11 +173,42 @@ def test_a_redrive_of_two_failed_ranges_answers_once():
         def publish_shards(self, run_id, shard_ids):
             for shard_id in shard_ids:
                 worker.handle_pubsub(_shard_message(run_id, shard_id), "s",
-                                     source="//pubsub.googleapis.com/x/topics/shards")
+                                     source=SHARD_SOURCE)
 
     stores.shards = Immediate()
     assert sorted(redrive(stores, "m-1")) == sorted(victims)
     assert [r["fanout"]["answer"] for r in out.sent] == [1, 2] and out.sent[1]["status"] == "ok"
+
+
+def test_a_duplicate_that_commits_while_the_merger_publishes_does_not_publish_a_second_answer(monkeypatch):
+    """Pub/Sub delivers a shard message twice at once (D1, D2: both read the shard as dispatched). D1's commit
+    closes the run (merging) and D1 merges. D2's commit then finds the shard terminal, and decide_finish's
+    duplicate branch answers ``merge=True`` because D2's shard is the merger: D2 calls _merge at once, skipping
+    decide_claim_merge, and a second answer goes out with no crash anywhere. (Found by delivering with 6 threads
+    and duplicates: 8 of 15 runs answered 2 or 3 times.) The duplicate branch should defer to the claim."""
+    worker, stores, out = _worker(_lake(40))
+    worker.handle_pubsub(_job_message(JOB), "m-1")
+    queue = stores.shards.messages
+    while len(queue) > 1 or stores.runs.get_run("m-1").shards_open > 1:
+        worker.handle_pubsub(_shard_message(*queue.pop(0)), "s", source=SHARD_SOURCE)
+    closing = queue.pop(0)
+    stale = stores.runs.get_shard(*closing)  # D2 has read the shard (dispatched)
+    real_get, send, calls = stores.runs.get_shard, out.publish, []
+
+    def publish(result, topic=None):
+        calls.append(result)
+        if len(calls) == 1:  # D1 is publishing the run's answer; D2 commits now
+            with monkeypatch.context() as m:
+                m.setattr(stores.runs, "get_shard", lambda r, s: stale if s == closing[1] else real_get(r, s))
+                # D2 is told to come back later (a 500: Pub/Sub redelivers it), not to build a second answer
+                with pytest.raises(Unavailable, match="another delivery is building the answer"):
+                    worker.handle_pubsub(_shard_message(*closing), "s2", source=SHARD_SOURCE)
+        return send(result, topic)
+
+    monkeypatch.setattr(out, "publish", publish)
+    worker.handle_pubsub(_shard_message(*closing), "s1", source=SHARD_SOURCE)  # D1
+    worker.handle_pubsub(_shard_message(*closing), "s2", source=SHARD_SOURCE)  # D2 redelivered: answered, no-op
+    assert len(out.sent) == 1
 
 
 # -- the merge must answer ------------------------------------------------------------------------------------
@@ -194,7 +225,7 @@ def test_a_run_answers_even_when_a_partial_cannot_be_read_at_merge_time(monkeypa
     worker.handle_pubsub(_job_message(JOB), "m-1")
     queue = stores.shards.messages
     while len(queue) > 1 or stores.runs.get_run("m-1").shards_open > 1:
-        worker.handle_pubsub(_shard_message(*queue.pop(0)), "s")
+        worker.handle_pubsub(_shard_message(*queue.pop(0)), "s", source=SHARD_SOURCE)
     name = sorted(stores.blobs.blobs)[0]
     if damage == "deleted":
         del stores.blobs.blobs[name]
@@ -242,7 +273,9 @@ def test_a_delivery_that_read_a_stale_stop_does_not_count_the_handed_off_range_t
     publish_after_commit(stores, "m-1", handed.publish)  # D1's hand-off
     del objects["p/a2.parquet"], objects["p/a4.parquet"]
     outcome = worker._read_shard(run, stale)  # D2 reads
-    stores.runs.transact("m-1", shard_id, decide_finish("m-1", shard_id, outcome, time.time()))
+    finish = stores.runs.transact("m-1", shard_id, decide_finish("m-1", shard_id, outcome, time.time()))
+    assert finish.stale  # refused: D2 answers 500 and Pub/Sub delivers the message again
+    stores.shards.messages.append(("m-1", shard_id))
     _deliver_all(worker, stores, random.Random(9))
     (result,) = out.sent
     assert result["status"] == "ok", result.get("error")
@@ -258,7 +291,7 @@ def test_a_delivery_that_found_its_shard_done_never_records_it_done_without_a_pa
                     shards_failed=1)
     shard = ShardRecord("s", None, None, state=FAILED, error="dead-lettered")
     assert decide_hand_off("r", "s", "k", 1.0)(run, shard, []).value.terminal  # -> _AlreadyDone -> Outcome(DONE)
-    change = decide_requeue("s", 2.0, first=True)(run, shard, [])  # the operator's redrive, in between
+    change = decide_requeue([shard], run.redrives, 2.0)(run, None, [])  # the operator's redrive, in between
     run, shard = change.run, next(s for s in change.shards if s.shard_id == "s")
     change = decide_finish("r", "s", Outcome(DONE), 3.0)(run, shard, [])
     assert not (change.shards and change.shards[0].state == DONE and change.shards[0].partial is None)
@@ -283,7 +316,8 @@ def test_a_job_message_cannot_fail_a_shard_of_another_run_by_posing_as_a_dead_le
     run_id, shard_id = stores.shards.messages[0]
     attributes = {"kind": "shard", "run_id": run_id, "shard_id": shard_id,
                   "CloudPubSubDeadLetterSourceDeliveryCount": "5"}
-    worker.handle_pubsub(_spoof(JOB, attributes, "m-evil"), "m-evil", source="//pubsub.googleapis.com/projects/p/topics/jobs")
+    worker.handle_pubsub(_spoof(JOB, attributes, "m-evil"), "m-evil",
+                         source="//pubsub.googleapis.com/projects/p/topics/jobs")
     assert stores.runs.get_shard(run_id, shard_id).state != FAILED
 
 
@@ -349,7 +383,8 @@ def test_full_mode_shards_take_turns_like_full_mode_jobs(monkeypatch):
     worker, stores, _ = _worker(_lake(60), full_mode_jobs=1, full_mode_concurrency=1, read_concurrency=1)
     worker.handle_pubsub(_job_message({**JOB, "mode": "full"}), "m-1")
     first, second = stores.shards.messages[:2]
-    threads = [threading.Thread(target=worker.handle_pubsub, args=(_shard_message(*m), "s")) for m in (first, second)]
+    threads = [threading.Thread(target=worker.handle_pubsub, args=(_shard_message(*m), "s"),
+                               kwargs={"source": SHARD_SOURCE}) for m in (first, second)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from worker.errors import InvalidJob
-from worker.jobs import MAX_JOB_BYTES, InvalidJobMessage, job_from_pubsub, parse_job, validate_job
+from worker.jobs import MAX_JOB_BYTES, job_from_pubsub, parse_job, validate_job
 
 
 def test_minimal_job_gets_the_message_id_as_job_id():
@@ -60,7 +60,7 @@ def test_bad_jobs_are_invalid_job_with_a_clear_problem(body, expected):
 
 
 def test_every_problem_is_reported_at_once():
-    with pytest.raises(InvalidJobMessage) as info:
+    with pytest.raises(InvalidJob) as info:
         parse_job(b'{"bucket": "Bad Bucket", "job_id": 5, "colour": "red"}', message_id="m-2")
     problems = info.value.problems
     assert len(problems) == 4, problems
@@ -70,14 +70,14 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_invalid_job_keeps_what_can_key_its_result():
-    with pytest.raises(InvalidJobMessage) as info:
+    with pytest.raises(InvalidJob) as info:
         parse_job(b'{"bucket": "my-bucket", "prefix": "p/", "job_id": "j-1", "oops": true}', message_id="m-3")
     ref = info.value.ref
     assert (ref.job_id, ref.message_id, ref.bucket, ref.prefix) == ("j-1", "m-3", "my-bucket", "p/")
 
 
 def test_an_unusable_job_id_falls_back_to_the_message_id():
-    with pytest.raises(InvalidJobMessage) as info:
+    with pytest.raises(InvalidJob) as info:
         parse_job(b'{"bucket": "my-bucket", "job_id": "bad id with spaces"}', message_id="m-4")
     assert info.value.ref.job_id == "m-4"
 
@@ -129,7 +129,17 @@ def test_cloudevent_data_from_eventarc(golden):
     ({"message": {"messageId": "1", "data": base64.b64encode(b"{oops").decode()}}, "not valid JSON"),
 ])
 def test_bad_envelopes_are_invalid_jobs_keyed_by_message_id(data, expected):
-    with pytest.raises(InvalidJobMessage) as info:
+    with pytest.raises(InvalidJob) as info:
         job_from_pubsub(data, event_id="ev-1")
     assert expected in info.value.message
     assert info.value.ref.job_id in ("1", "ev-1")
+
+
+@pytest.mark.parametrize("name", ["job_id", "correlation_id"])
+def test_an_id_is_valid_by_the_schemas_own_rule(name):
+    from worker.jobs import load_schema, valid_id
+
+    spec = load_schema("job")["properties"][name]
+    assert valid_id("a" * spec["maxLength"], name) and not valid_id("a" * (spec["maxLength"] + 1), name)
+    assert valid_id("run-3:a/b@c+d=e.f_g", name)
+    assert not any(valid_id(bad, name) for bad in ("", "a b", "a\n", "é", None, 7))

@@ -9,7 +9,7 @@ import pytest
 
 from worker.devstack.datasets import events_table, parquet_bytes, recipe_table
 from worker.profile import ColumnProfile, coalesce, kind_of, profile_object
-from worker.summary import DeadlineReached, Summary
+from worker.summary import StoppedAtDeadline, Summary
 
 from .support import Ranged
 
@@ -126,7 +126,7 @@ def test_profile_object_stops_between_row_groups_at_the_deadline():
         calls.append(1)
         return len(calls) > 1
 
-    with pytest.raises(DeadlineReached):
+    with pytest.raises(StoppedAtDeadline):
         profile_object("x.parquet", len(data), Ranged(data), should_stop=should_stop)
 
 
@@ -166,3 +166,17 @@ def test_full_summaries_merge_like_metadata_ones():
 ])
 def test_coalesce(ranges, expected):
     assert coalesce(ranges, gap=50) == expected
+
+
+def test_a_part_of_zeros_does_not_wash_out_the_deviation_of_tiny_values():
+    """Found by the differential test: a slice whose values are all 0.0 has no scale of its own, and merging
+    took its exponent (0), scaling the tiny values' moments by 4**-897 to nothing: stddev 0.0 instead of ~1e-270."""
+    import pyarrow as pa
+
+    tiny, zeros = pa.array([1e-270, 3e-270, 2e-270]), pa.array([0.0, 0.0])
+    whole = ColumnProfile.of_array(pa.concat_arrays([tiny, zeros])).to_dict()
+    for merged in (ColumnProfile.of_array(tiny).merge(ColumnProfile.of_array(zeros)),
+                   ColumnProfile.of_array(zeros).merge(ColumnProfile.of_array(tiny))):
+        got = merged.to_dict()
+        assert got["stddev"] > 0 and math.isclose(got["stddev"], whole["stddev"], rel_tol=1e-9)
+        assert math.isclose(got["mean"], whole["mean"], rel_tol=1e-9)

@@ -5,7 +5,7 @@ import json
 import pytest
 from jsonschema import Draft202012Validator
 
-from worker.errors import DeadlineExceeded, Forbidden, InvalidJob, NotFound, Retryable, Throttled, WorkerError
+from worker.errors import DeadlineExceeded, Forbidden, InvalidJob, NotFound, Throttled, Unavailable, WorkerError
 from worker.jobs import Job, JobRef, load_schema
 from worker.results import error_result, http_status, ok_result, to_message
 from worker.summary import Summary
@@ -28,7 +28,7 @@ def test_ok_result_is_valid_and_carries_the_job():
 
 
 @pytest.mark.parametrize("error", [
-    InvalidJob("bad", problems=["a", "b"]), Forbidden("no"), NotFound("none"), Retryable("later"), Throttled("slow"),
+    InvalidJob("bad", problems=["a", "b"]), Forbidden("no"), NotFound("none"), Unavailable("later"), Throttled("slow"),
     WorkerError("odd", details={"aws_code": "Weird"}),
 ])
 def test_error_results_are_valid(error):
@@ -55,7 +55,7 @@ def test_message_attributes_let_subscribers_filter():
 
 
 @pytest.mark.parametrize(("error", "status"), [
-    (None, 200), (InvalidJob("x"), 400), (Forbidden("x"), 403), (NotFound("x"), 404), (Retryable("x"), 503),
+    (None, 200), (InvalidJob("x"), 400), (Forbidden("x"), 403), (NotFound("x"), 404), (Unavailable("x"), 503),
     (Throttled("x"), 503), (WorkerError("x"), 500), (DeadlineExceeded("x"), 422),
 ])
 def test_http_status(error, status):
@@ -103,9 +103,7 @@ def test_a_templated_result_says_what_it_read_and_when():
 
 
 def test_an_invalid_job_still_answers_in_its_pipeline():
-    from worker.jobs import InvalidJobMessage
-
-    with pytest.raises(InvalidJobMessage) as caught:
+    with pytest.raises(InvalidJob) as caught:
         chained('{"bucket": "abc", "prefix": 5, "correlation_id": "run-3", "reply_attributes": {"stage": "x"}}',
                 {"schedule": "nightly"})
     result = error_result(caught.value.ref, caught.value)

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from worker.config import Settings
-from worker.errors import Retryable
+from worker.errors import Retryable, Unavailable
 from worker.results import to_message
 from worker.service import Worker, summarize_listing
 
@@ -114,7 +114,7 @@ def test_only_retryable_escapes_handle_pubsub():
     """The promise the review attacked, stated once more: a raise is a Retryable, nothing else."""
     class Failing(_Publisher):
         def publish(self, result, topic=None):
-            raise Retryable("Pub/Sub unavailable")
+            raise Unavailable("Pub/Sub unavailable")
 
     settings = Settings(role_arn="", audience="", reply_topic="projects/p/topics/results")
     with pytest.raises(Retryable):

@@ -13,6 +13,7 @@ from worker.errors import (
     ObjectEncrypted,
     Retryable,
     Throttled,
+    Unavailable,
     WorkerError,
     classify_aws_error,
 )
@@ -36,8 +37,8 @@ SSE_C_MESSAGE = ("The object was stored using a form of Server Side Encryption. 
     ("SignatureDoesNotMatch", 403, "The request signature we calculated does not match", Forbidden,
      "SignatureDoesNotMatch"),
     ("SlowDown", 503, "Please reduce your request rate.", Throttled, "SlowDown"),
-    ("InternalError", 500, "We encountered an internal error.", Retryable, "InternalError"),
-    ("KMS.KMSInvalidStateException", 503, "try again", Retryable, "KMS"),
+    ("InternalError", 500, "We encountered an internal error.", Unavailable, "InternalError"),
+    ("KMS.KMSInvalidStateException", 503, "try again", Unavailable, "KMS"),
     ("InvalidRequest", 400, "Something else entirely", WorkerError, "Something else"),
 ])
 def test_a_refused_object_read_is_that_objects_with_a_specific_message(code, status, message, kind, words):

@@ -7,7 +7,7 @@ from worker.devstack.datasets import events_table, parquet_bytes, recipe_table
 from worker.errors import Forbidden
 from worker.jobs import Job
 from worker.service import Tally, Worker, summarize_listing
-from worker.summary import DeadlineReached
+from worker.summary import StoppedAtDeadline
 
 from .support import MemoryStore
 
@@ -48,16 +48,23 @@ def test_an_object_deleted_after_listing_is_skipped():
 def test_deadline_stops_before_starting_more_objects():
     store = _store(10)
     ticks = iter(range(1000))
-    with pytest.raises(DeadlineReached) as info:
+    with pytest.raises(StoppedAtDeadline) as info:
         summarize_listing(store, list(store.list("d/")), concurrency=1, deadline=4.5, clock=lambda: next(ticks))
     assert info.value.done < 10 and info.value.total in (None, 10)
     assert store.fetches < 10
 
 
+def test_the_deadline_signal_names_its_fields():
+    with pytest.raises(TypeError):
+        StoppedAtDeadline("d/part-1.parquet", 3, 10)  # positional meaning is what crashed once
+    stop = StoppedAtDeadline(key="d/part-1.parquet", done=3, total=10)
+    assert (stop.key, stop.done, stop.total) == ("d/part-1.parquet", 3, 10)
+
+
 def test_full_mode_deadline_stops_between_row_groups():
     store = _store(2)
     ticks = iter(range(1000))
-    with pytest.raises(DeadlineReached):
+    with pytest.raises(StoppedAtDeadline):
         summarize_listing(store, list(store.list("d/")), concurrency=1, mode="full", deadline=2.5,
                           clock=lambda: next(ticks))
 
@@ -98,7 +105,7 @@ def test_a_long_listing_is_consumed_as_it_comes_and_keeps_a_bounded_sample():
 def test_the_deadline_is_honoured_while_listing():
     seen = [0]
     ticks = iter(range(10**6))
-    with pytest.raises(DeadlineReached) as info:
+    with pytest.raises(StoppedAtDeadline) as info:
         summarize_listing(MemoryStore({}), _listing(10**6, {}, seen), concurrency=2, deadline=1000.5,
                           clock=lambda: next(ticks))
     assert info.value.total is None and info.value.done == 0
@@ -187,7 +194,8 @@ def test_memory_does_not_grow_with_the_number_of_keys():
 
 
 def test_one_object_that_reaches_the_deadline_is_answered_deadline_exceeded():
-    """It used to raise IndexError (the one-object path re-raised DeadlineReached with one argument)."""
+    """It used to raise IndexError (the one-object path re-raised the deadline signal, then DeadlineReached, with
+    one positional argument: its fields are keyword-only now)."""
     import time as clock
 
     class Slow(MemoryStore):

@@ -185,3 +185,12 @@ def test_partition_values():
 ])
 def test_json_values(value, expected):
     assert to_json_value(value) == expected
+
+
+@pytest.mark.parametrize("data", [b"PAR1" + b"x" * 20 + b"NOPE", b"PAR1" + b"\x00" * 20 + (16).to_bytes(4, "little")
+                                  + b"PAR1"])
+def test_both_modes_skip_an_unreadable_footer_with_one_reason(data):
+    from worker.profile import profile_object
+
+    metadata, full = summarize("bad.parquet", data), profile_object("bad.parquet", len(data), Ranged(data))
+    assert metadata.skipped == full.skipped and metadata.skipped_count == full.skipped_count == 1

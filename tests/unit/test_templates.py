@@ -4,7 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from worker.jobs import InvalidJobMessage, parse_job, parse_time
+from worker.errors import InvalidJob
+from worker.jobs import parse_job, parse_time
 from worker.templates import TemplateError, check, render
 
 AT = datetime(2026, 11, 28, 3, 0, tzinfo=UTC)
@@ -84,7 +85,7 @@ def test_the_worker_zone_is_the_default_and_reference_time_wins_over_publish_tim
     ('{"bucket": "abc", "prefix_template": "e/{date}/", "reference_time": "yesterday"}', "reference_time"),
 ])
 def test_bad_templates_are_invalid_jobs(body, says):
-    with pytest.raises(InvalidJobMessage) as caught:
+    with pytest.raises(InvalidJob) as caught:
         parse_job(body, publish_time="2026-11-28T03:00:00Z")
     assert says in str(caught.value)
 

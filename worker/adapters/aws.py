@@ -33,7 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from worker import __version__
-from worker.errors import REGION_REDIRECT_CODES, FederationFailed, Retryable, WorkerError, classify_aws_error
+from worker.errors import REGION_REDIRECT_CODES, FederationFailed, Unavailable, WorkerError, classify_aws_error
 
 _SESSION_NAME_BAD = re.compile(r"[^\w+=,.@-]")
 _UA_BAD = re.compile(r"[^A-Za-z0-9!#$%&'*+.^_`|~-]")
@@ -173,7 +173,7 @@ class AwsStorage:
                 error.details["claims"] = dict(getattr(self.token_source, "last_claims", None) or {})
             raise error from None
         except (BotoConnectionError, HTTPClientError) as e:
-            raise Retryable(f"STS is unreachable: {type(e).__name__}", details={"step": "sts"}) from None
+            raise Unavailable(f"STS is unreachable: {type(e).__name__}", details={"step": "sts"}) from None
         except BotoCoreError as e:
             raise FederationFailed(f"STS exchange failed: {e}", details={"step": "sts"}) from None
 
@@ -239,7 +239,7 @@ def translate(error: Exception, operation: str) -> Exception:
         op = error.operation_name or operation
         return classify_aws_error(code, status, str(err.get("Message", "")), operation=op)
     if isinstance(error, (BotoConnectionError, HTTPClientError)):
-        return Retryable(f"{operation} failed: {type(error).__name__}: AWS endpoint unreachable")
+        return Unavailable(f"{operation} failed: {type(error).__name__}: AWS endpoint unreachable")
     return error
 
 
@@ -388,4 +388,4 @@ class S3Objects:
                                 assert_same_host=False)
         except urllib3.exceptions.HTTPError as e:
             # The exception's text names the URL: say only what kind of fault it was.
-            raise Retryable(f"GetObject failed: {type(e).__name__}: S3 unreachable") from None
+            raise Unavailable(f"GetObject failed: {type(e).__name__}: S3 unreachable") from None

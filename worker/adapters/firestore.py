@@ -21,8 +21,8 @@ from google.api_core import retry as retries
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
-from worker.errors import ConfigError, NotFound, Retryable
-from worker.runs import QUEUED, Change, Decide, RunRecord, ShardRecord
+from worker.errors import ConfigError, NotFound, Unavailable
+from worker.runs import QUEUED, Change, Decide, RunRecord, ShardRecord, queued_wanted
 
 SHARDS = "shards"  # the subcollection of a run's document holding its shards
 # Faults a later attempt can get past (the client has already retried what it retries itself). Aborted is
@@ -86,7 +86,7 @@ class FirestoreRunStore:
             if shard_ref is not None:
                 snapshot = shard_ref.get(transaction=transaction, **read)
                 shard = ShardRecord.from_doc(snapshot.to_dict()) if snapshot.exists else None
-            room = max(0, run.max_in_flight - run.in_flight) if run is not None else 0
+            room = queued_wanted(run)
             queued = []
             if room:
                 query = shards.where(filter=FieldFilter("state", "==", QUEUED)).limit(room)
@@ -152,19 +152,19 @@ class FirestoreRunStore:
 
     @contextlib.contextmanager
     def _errors(self, what: str, *, missing: NotFound | None = None):
-        """Firestore's faults as the worker's: transient ones ``Retryable``, a database that is missing or
+        """Firestore's faults as the worker's: transient ones ``Unavailable``, a database that is missing or
         closed to the worker ``ConfigError`` (``missing`` instead when a document to update was not there);
         anything else (a bug) propagates."""
         try:
             yield
         except TRANSIENT as e:
-            raise Retryable(f"Firestore failed during {what} ({self.database}): {type(e).__name__}",
-                            details={"step": "firestore"}) from None
+            raise Unavailable(f"Firestore failed during {what} ({self.database}): {type(e).__name__}",
+                              details={"step": "firestore"}) from None
         except ValueError as e:
             # The transaction lost to contention on every attempt: the client wraps its last Aborted.
             if isinstance(e.__cause__, google_errors.Aborted):
-                raise Retryable(f"Firestore contention outlasted {self._attempts} attempts at {what} "
-                                f"({self.database})", details={"step": "firestore"}) from None
+                raise Unavailable(f"Firestore contention outlasted {self._attempts} attempts at {what} "
+                                  f"({self.database})", details={"step": "firestore"}) from None
             raise
         except OPERATOR as e:
             # Firestore says "No document to update", its emulator "no entity to update"; a missing database

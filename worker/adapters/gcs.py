@@ -17,7 +17,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from worker.errors import ConfigError, NotFound, Retryable
+from worker.errors import ConfigError, NotFound, Unavailable
 
 # Faults a later attempt can get past (the client has already retried them within its own deadline: uploads
 # with a generation precondition count as idempotent, so they are retried too).
@@ -73,12 +73,12 @@ class GcsBlobStore:
 
     @contextlib.contextmanager
     def _errors(self, what: str):
-        """Cloud Storage's faults as the worker's: transient ones ``Retryable``, a bucket that is missing or closed
+        """Cloud Storage's faults as the worker's: transient ones ``Unavailable``, a bucket that is missing or closed
         to the worker ``ConfigError``; anything else (a bug) propagates."""
         try:
             yield
         except TRANSIENT as e:
-            raise Retryable(f"Cloud Storage failed {what}: {type(e).__name__}", details={"step": "storage"}) from None
+            raise Unavailable(f"Cloud Storage failed {what}: {type(e).__name__}", details={"step": "storage"}) from None
         except google_errors.Forbidden:
             raise ConfigError(f"the worker may not use bucket {self.bucket} (PARTIALS_BUCKET; grant its service "
                               f"account roles/storage.objectUser on it) while {what}",

@@ -16,7 +16,7 @@ import requests
 from google.auth import compute_engine
 
 from worker.claims import decode_claims
-from worker.errors import FederationFailed, Retryable
+from worker.errors import FederationFailed, Unavailable
 
 # google-auth reports every metadata failure as TransportError (wrapped in RefreshError);
 # only a definite 4xx answer (no service account, bad audience) is permanent.
@@ -126,5 +126,5 @@ def _classify(error: Exception) -> Exception:
         return FederationFailed(f"the metadata server refused an ID token ({status}); does the instance "
                                 f"have a service account, and is ID_TOKEN_AUDIENCE set?",
                                 details={"step": "id_token"})
-    return Retryable(f"the metadata server did not give an ID token ({type(error).__name__}); "
-                     "it is unreachable or unavailable", details={"step": "id_token"})
+    return Unavailable(f"the metadata server did not give an ID token ({type(error).__name__}); "
+                       "it is unreachable or unavailable", details={"step": "id_token"})

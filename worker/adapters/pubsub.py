@@ -16,7 +16,7 @@ from google.api_core import exceptions as google_errors
 from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.publisher import exceptions as publisher_errors
 
-from worker.errors import Forbidden, NotFound, ResultRejected, Retryable, WorkerError
+from worker.errors import Forbidden, NotFound, ResultRejected, Unavailable, WorkerError
 from worker.results import to_message
 
 # The function's CPU is throttled once it has answered, so a publish must complete before
@@ -46,7 +46,7 @@ class ResultPublisher:
     def publish(self, result: dict, topic: str | None = None) -> str:
         """Publish one result to ``topic`` (default: the reply topic); return its message ID.
 
-        Raises ``Retryable`` for transient faults, and when the reply topic itself is missing or closed to the
+        Raises ``Unavailable`` for transient faults, and when the reply topic itself is missing or closed to the
         worker (nothing can be answered until the operator fixes it: the message waits, then dead-letters);
         NotFound or Forbidden when a job's own topic is; ``ResultRejected`` when Pub/Sub refuses the message."""
         data, attributes = to_message(result)
@@ -54,7 +54,8 @@ class ResultPublisher:
         try:
             return self._client.publish(topic or self.topic, data, **attributes).result(timeout=self._timeout)
         except TRANSIENT as e:
-            raise Retryable(f"publishing the result failed: {type(e).__name__}", details={"step": "publish"}) from None
+            raise Unavailable(f"publishing the result failed: {type(e).__name__}",
+                              details={"step": "publish"}) from None
         except (google_errors.NotFound, google_errors.PermissionDenied) as e:
             if default:
                 raise _topic_unusable(e, "REPLY_TOPIC", self.topic) from None
@@ -67,13 +68,13 @@ class ResultPublisher:
                                  f"attributes): {type(e).__name__}: {str(e)[:200]}") from None
 
 
-def _topic_unusable(e: Exception, setting: str, topic: str) -> Retryable:
+def _topic_unusable(e: Exception, setting: str, topic: str) -> Unavailable:
     """A configured topic that is missing or closed to the worker: nothing can be sent until the operator fixes
     it, so the message waits (and in the end dead-letters) rather than being answered."""
     if isinstance(e, google_errors.NotFound):
-        return Retryable(f"{setting} {topic!r} does not exist", details={"step": "publish"})
-    return Retryable(f"the worker may not publish to {setting} {topic!r} (grant it roles/pubsub.publisher)",
-                     details={"step": "publish"})
+        return Unavailable(f"{setting} {topic!r} does not exist", details={"step": "publish"})
+    return Unavailable(f"the worker may not publish to {setting} {topic!r} (grant it roles/pubsub.publisher)",
+                       details={"step": "publish"})
 
 
 class ShardPublisher:
@@ -86,14 +87,14 @@ class ShardPublisher:
         self._timeout = timeout
 
     def publish_shards(self, run_id: str, shard_ids: Sequence[str]) -> None:
-        """Publish one message per shard and wait for all of them (within one ``timeout``). ``Retryable`` if any
+        """Publish one message per shard and wait for all of them (within one ``timeout``). ``Unavailable`` if any
         failed: the caller publishes them all again on its next attempt (a shard message is idempotent)."""
         failures: list[WorkerError] = []
 
         def classify(e: Exception) -> WorkerError:
             if isinstance(e, TRANSIENT):
-                return Retryable(f"publishing shard messages of run {run_id} failed: {type(e).__name__}",
-                                 details={"step": "publish_shards"})
+                return Unavailable(f"publishing shard messages of run {run_id} failed: {type(e).__name__}",
+                                   details={"step": "publish_shards"})
             if isinstance(e, (google_errors.NotFound, google_errors.PermissionDenied)):
                 return _topic_unusable(e, "SHARD_TOPIC", self.topic)
             # A shard message is small and fixed in shape: Pub/Sub refusing one is a bug, not the input's fault.
@@ -127,15 +128,6 @@ def pull_now(subscriber: pubsub_v1.SubscriberClient, subscription: str, *, max_m
     except google_errors.DeadlineExceeded:
         return []
     return list(response.received_messages)
-
-
-def topic_path(name: str, project: str | None) -> str:
-    """``projects/P/topics/T`` from a full path, or from a short name and a project."""
-    if name.startswith("projects/"):
-        return name
-    if not project:
-        raise ValueError(f"topic {name!r} is a short name: give projects/P/topics/T or set GOOGLE_CLOUD_PROJECT")
-    return f"projects/{project}/topics/{name}"
 
 
 def publish_job(topic: str, job: dict, attributes: dict[str, str] | None = None,

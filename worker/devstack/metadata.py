@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.auth import crypt, jwt
 
+from worker.claims import ISSUER
+
 PREFIX = "/computeMetadata/v1/"
 SA_PATH = PREFIX + "instance/service-accounts/default/"
 
@@ -79,7 +81,7 @@ class MetadataDouble:
         """An ID token for ``audience``, signed with this double's key."""
         now = int(time.time()) if now is None else now
         claims = {
-            "iss": "https://accounts.google.com",
+            "iss": ISSUER,
             "aud": audience,
             "azp": self.unique_id,
             "sub": self.unique_id,
