@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 
 from worker import templates
 from worker.errors import InvalidJob
@@ -116,13 +116,33 @@ def load_schema(name: str) -> dict:
 def _validator() -> Draft202012Validator:
     schema = load_schema("job")
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return _StrictPatterns(schema)
+
+
+def _strict_pattern(validator, pattern: str, instance: Any, schema: dict):
+    """``pattern`` as JSON Schema means it (ECMA-262, where ``$`` is the end of the string), not as Python's
+    ``re`` reads it (``$`` also matches before a final newline: "abc\n" would pass ``^[a-z]+$``)."""
+    if isinstance(instance, str) and not _ecma(pattern).search(instance):
+        from jsonschema.exceptions import ValidationError
+
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@cache
+def _ecma(pattern: str) -> re.Pattern[str]:
+    # A final unescaped $ anchors at the very end: Python spells that \Z.
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+_StrictPatterns = validators.extend(Draft202012Validator, {"pattern": _strict_pattern})
 
 
 @cache
 def _id_rule(name: str) -> tuple[re.Pattern[str], int, int]:
     spec = load_schema("job")["properties"][name]
-    return re.compile(spec["pattern"]), spec["minLength"], spec["maxLength"]
+    return _ecma(spec["pattern"]), spec["minLength"], spec["maxLength"]
 
 
 def valid_id(value: Any, name: str = "job_id") -> bool:

@@ -126,7 +126,8 @@ def damaged(bodies: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
         return bytes(body)
 
     changes = st.tuples(st.sampled_from(["change", "insert", "delete", "cut"]), st.integers(0, 2**16),
-                        st.binary(min_size=1, max_size=3))
+                        st.binary(min_size=1, max_size=3) | st.text("0aZ \"{}[]:,\\é", min_size=1, max_size=3)
+                        .map(str.encode))  # bytes that keep the text JSON more often
     return st.builds(edit, st.lists(changes, max_size=3), bodies)  # the edits first: drawn late, they would be few
 
 
@@ -135,7 +136,7 @@ JOB_BODIES = [json.dumps(job, ensure_ascii=ascii_only).encode("utf-8", "surrogat
               for job in [FULL_JOB, TEMPLATED_JOB, {"bucket": "abc", "prefix": ""}, *(j for _, j in listed_mutations())]
               for ascii_only in (True, False)]
 
-BYTES = Branches(object=30)  # a JSON object, checked against the schema
+BYTES = Branches(object=15)  # a JSON object, checked against the schema
 
 
 @BYTES.checked
@@ -196,8 +197,6 @@ def test_job_like_objects_are_a_job_or_invalid_job(case):
         JOBS.reached(f"job-like object: {'accepted' if isinstance(got, Job) else 'refused'}")
 
 
-@pytest.mark.xfail(strict=True, reason="the schema's patterns end in $, which Python's re (jsonschema's) also "
-                   "matches before a final newline: such a value passes as valid")
 @pytest.mark.parametrize("field,value", [("bucket", "abc\n"), ("job_id", "x\n"), ("correlation_id", "x\n"),
                                          ("prefix", "data/\n"), ("reply_topic", "projects/p/topics/results\n"),
                                          ("reference_time", PUBLISHED + "\n")])

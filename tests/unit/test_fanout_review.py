@@ -390,3 +390,32 @@ def test_full_mode_shards_take_turns_like_full_mode_jobs(monkeypatch):
     for thread in threads:
         thread.join()
     assert most[0] == 1
+
+
+def test_a_full_mode_shard_that_waited_for_its_turn_hands_on_before_the_deadline_instead_of_failing(monkeypatch):
+    """The fix for full-mode turns starts the shard's budget (SHARD_SECONDS) when the turn is granted, but the
+    deadline (JOB_DEADLINE_SECONDS) still counts from the delivery: a shard that waited W for a turn reads until
+    W + SHARD_SECONDS (+ up to a quarter budget more), past the deadline once W > deadline - SHARD_SECONDS (with
+    the defaults 480/240 and a wait of up to 240 s, easily). It then stops at the deadline and answers
+    Unavailable: all its reading is lost, and the redelivery waits for a turn again. The budget should end
+    before the deadline (min(turn + SHARD_SECONDS, start + deadline - a margin)), handing the rest on."""
+    import threading
+
+    worker, stores, _ = _worker(_lake(20, flat=True), job_deadline_seconds=6, shard_seconds=4, shard_objects=20,
+                                fanout_min_objects=1, full_mode_jobs=1, full_mode_concurrency=1, read_concurrency=1)
+    store = worker.storage.objects("b", "j")
+    slow_fetch = store.fetch
+
+    def fetch(key, start, end):
+        time.sleep(0.15)
+        return slow_fetch(key, start, end)
+
+    monkeypatch.setattr(store, "fetch", fetch)
+    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/all/", "mode": "full",
+                                       "fan_out": {"mode": "always"}}), "m-1")
+    (message,) = stores.shards.messages
+    worker._full_turns.acquire()  # another full-mode read holds the instance's one turn for a while
+    threading.Timer(2.8, worker._full_turns.release).start()
+    worker.handle_pubsub(_shard_message(*message), "s", source=SHARD_SOURCE)
+    shard = stores.runs.get_shard(*message)
+    assert shard.state == "done" and shard.children
