@@ -159,6 +159,9 @@ class Settings:
         duration = _int(get(STS_DURATION_SECONDS), STS_DURATION_SECONDS, 3600, 900, 43200, problems)
         # Event-driven functions stop at 540 s: by default a job stops at 480 s and says how far it got.
         deadline = _int(get(JOB_DEADLINE_SECONDS), JOB_DEADLINE_SECONDS, 480, 1, 3600, problems)
+        if shard_seconds > deadline / 2:
+            problems.append(f"{SHARD_SECONDS} ({shard_seconds}) may be at most half of {JOB_DEADLINE_SECONDS} "
+                            f"({deadline}): a shard reads for its budget, then stores and commits within the deadline")
         # Full mode is CPU-bound: objects in flight beyond the cores only add memory.
         full_concurrency = _int(get(FULL_MODE_CONCURRENCY), FULL_MODE_CONCURRENCY, 2, 1, 64, problems)
         # An instance serves several requests at once (metadata jobs wait on S3); full-mode jobs are CPU- and

@@ -456,15 +456,21 @@ class Worker:
             budget = reading + self.settings.shard_seconds
             unread: list[str] = []
 
+            # The delivery's own deadline bounds the budget too (a full-mode shard may have waited for its turn),
+            # with a margin to store the partial and commit.
+            hard = started + self.settings.job_deadline_seconds - self.settings.shard_seconds / 4
+
             def within_budget() -> Iterator[tuple[str, int]]:
                 for n, item in enumerate(own):
                     now = time.monotonic()
                     if now > budget:
                         # Past the budget, hand on what would take more than a quarter of it again at the rate
-                        # so far: a few objects short of the end are read here (a shard per object costs more).
+                        # so far: a few objects short of the end are read here (a shard per object costs more),
+                        # unless that would run past the deadline.
                         rate = n / max(now - reading, 1e-3)
                         left = len(own) - n
-                        if left >= 2 and left > rate * self.settings.shard_seconds / 4:
+                        late = now + left / max(rate, 1e-9) > hard
+                        if (left >= 2 and (late or left > rate * self.settings.shard_seconds / 4)) or now > hard:
                             unread.append(item[0])
                             return
                     yield item
@@ -472,8 +478,12 @@ class Worker:
             tally = Tally()
             full = job.mode == "full"
             with _phase(phases, "reading"), self._turn(full, "reading a shard"):
-                reading = time.monotonic()  # the budget starts with the turn
-                budget = reading + self.settings.shard_seconds
+                reading = time.monotonic()  # the budget starts with the turn, and ends by the deadline
+                budget = min(reading + self.settings.shard_seconds, hard)
+                if hard - reading < self.settings.shard_seconds / 2:
+                    raise Unavailable(f"shard {shard.shard_id} waited for a full-mode turn until too little of "
+                                      f"its {self.settings.job_deadline_seconds}s deadline was left; handed back",
+                                      details={"step": "waiting for a full-mode turn (reading a shard)"})
                 summary = summarize_listing(
                     store, within_budget(), mode=job.mode, columns=job.columns,
                     deadline=started + self.settings.job_deadline_seconds,

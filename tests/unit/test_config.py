@@ -60,3 +60,11 @@ def test_a_short_topic_name_becomes_a_full_path_by_one_rule():
     assert (s.reply_topic, s.shard_topic, s.shard_dead_letter_topic) == (
         topic_path("results", "proj"), topic_path("shards", "proj"), topic_path("dead", "proj"))
     assert s.allowed_reply_topics == {"projects/proj/topics/stage-2", "projects/x/topics/y"}
+
+
+def test_a_shard_budget_over_half_the_deadline_is_refused():
+    env = {"AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/r", "ID_TOKEN_AUDIENCE": "a",
+           "JOB_DEADLINE_SECONDS": "300", "SHARD_SECONDS": "200"}
+    with pytest.raises(ConfigError, match="SHARD_SECONDS"):
+        Settings.from_env(env)
+    assert Settings.from_env(env | {"SHARD_SECONDS": "150"}).shard_seconds == 150
