@@ -568,8 +568,8 @@ class Worker:
         timings = {"total": (now - run.created_at) * 1000.0}
         tally = Tally(listed=run.listed, parquet=run.parquet, refused=run.refused, first_refusal=run.first_refusal)
         finished = run.shards_done + run.shards_failed
-        if run.shards_failed and (not tolerated(run) or run.shards_done == 0):
-            # Not tolerated, or nothing read at all (then no figure could say anything of the prefix).
+        if run.shards_failed and (not tolerated(run) or run.shards_done == 0 or run.parquet == 0):
+            # Not tolerated, or no Parquet read at all: "none under the prefix" could be false (the failed ranges).
             result = error_result(job, Incomplete(
                 f"{run.shards_failed} of {finished} key ranges of the run failed (tolerated: "
                 f"{run.tolerated_failure_percent:g}%); fanout.failed_ranges names them, and "
