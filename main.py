@@ -4,6 +4,8 @@ Deploy with ``--entry-point handle_pubsub`` for Pub/Sub jobs (Eventarc or a push
 subscription) or ``--entry-point handle_http`` for jobs posted as JSON.
 """
 
+import os
+
 import flask
 import functions_framework
 
@@ -15,6 +17,10 @@ from worker.logs import setup_logging
 setup_logging()
 # Read at start, so a missing setting fails the deployment loudly, naming the variable.
 SETTINGS = Settings.from_env()
+# The Pub/Sub entry point answers on REPLY_TOPIC: without it, stop now rather than answer every job 500.
+# (functions-framework and Cloud Run functions set FUNCTION_TARGET to the entry point being served.)
+if os.environ.get("FUNCTION_TARGET") == "handle_pubsub":
+    SETTINGS.require_reply_topic()
 # functions-framework runs this module inside its app's context: answer attribute-only pushes too.
 if flask.has_app_context():
     push.install(flask.current_app._get_current_object())
