@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.measure import provenance
 from bench.warm_jobs import group_cpu_seconds, pct
 from worker.devstack.datasets import sample_objects
 from worker.devstack.proxy import RecordingProxy
@@ -151,6 +152,7 @@ def main() -> None:
         sources = [None] if args.baseline is None else [args.baseline.resolve() / "main.py", None]
         rows = [one_burst(stack, n, args.jobs, args.prefix, args.s3_fail_rate, source)
                 for n in args.instances for source in sources]
+    print("\n".join(provenance()))  # a figure without its command, commit and date cannot be pasted
     print(f"burst of {args.jobs} jobs on s3://demo-data/{args.prefix}, S3 fail rate {args.s3_fail_rate:.0%}, "
           f"{os.cpu_count()} cores; latency = publish -> result pulled (ms)")
     header = ["code", "instances", "answered", "lost", "duplicates", "ok", "jobs/s", "p50", "p95", "p99",

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.measure import provenance
 from worker.devstack.datasets import sample_objects
 from worker.devstack.stack import LocalStack
 
@@ -84,6 +85,7 @@ def main() -> None:
                          cpu_push, statistics.median(http), cpu_http, stack.sts_calls() - sts_before))
     header = ("dataset", "in-fn p50", "in-fn p95", "push e2e p50", "push e2e p95", "push CPU/job",
               "http p50", "http CPU/job", "STS calls")
+    print("\n".join(provenance()))  # a figure without its command, commit and date cannot be pasted
     print(f"warm-instance cost per job, {args.jobs} sequential jobs per row (ms; CPU = function processes)")
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
