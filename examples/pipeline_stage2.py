@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 from google.cloud import pubsub_v1
 
-from worker.adapters.pubsub import publish_job, pull_now
+from worker.tools.pubsub import publish_job, pull_now
 
 STAGE = "profile"
 

@@ -211,7 +211,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     except (WorkerError, ValueError) as e:
         print(f"publish: {e}", file=sys.stderr)
         return EXIT_INVALID
-    from worker.adapters.pubsub import NoResultsTopic, ResultWaiter, publish_job
+    from worker.tools.pubsub import NoResultsTopic, ResultWaiter, publish_job
 
     project = settings.project
     jobs_topic = args.topic or os.environ.get("JOBS_TOPIC")

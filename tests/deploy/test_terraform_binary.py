@@ -199,7 +199,8 @@ def test_the_source_terraform_zips_is_what_gcloud_uploads(terraform, plan_module
                             check=True, timeout=120).stdout.split()
     assert sorted(listed) == files
     assert {"main.py", "requirements.txt", "schemas/job.schema.json", "worker/service.py"} <= set(files)
-    assert not [p for p in files if "__pycache__" in p or p.endswith(".pyc") or p.startswith("worker/devstack/")]
+    assert not [p for p in files if "__pycache__" in p or p.endswith(".pyc")
+                or p.startswith(("worker/devstack/", "worker/tools/"))]
 
 
 def test_a_scheduled_job_with_list_and_map_fields_is_published_as_given(terraform, plan_module):

@@ -12,11 +12,12 @@ from google.api_core import exceptions as google_errors
 
 from worker.adapters.firestore import FirestoreRunStore
 from worker.adapters.gcs import GcsBlobStore
-from worker.adapters.pubsub import ShardPublisher, pull_now
+from worker.adapters.pubsub import ShardPublisher
 from worker.devstack.processes import free_port
 from worker.devstack.stack import FIRESTORE_DATABASE, RUNS_COLLECTION
 from worker.errors import ConfigError, NotFound, Retryable
 from worker.runs import DISPATCHED, DONE, FAILED, QUEUED, Change, RunRecord, ShardRecord, shard_id_of
+from worker.tools.pubsub import pull_now
 
 
 def new_run(max_in_flight: int = 50, **fields) -> RunRecord:

@@ -168,3 +168,118 @@ def test_nothing_imports_main():
     offenders = [str(p.relative_to(REPO)) for p in [*REPO.glob("worker/**/*.py"), *REPO.glob("tests/**/*.py")]
                  if pattern.search(p.read_text())]
     assert offenders == []
+
+
+# -- what the function ships ----------------------------------------------------------------------------------
+
+# Folders of worker/ that never ship: the local stack, and the operator's command-line tooling.
+NOT_SHIPPED = {"worker/devstack", "worker/tools"}
+# The one shipped module that may import them, inside its functions: the command line (`python -m worker`), which
+# the function never loads (see the closure test below).
+LAZY_TOOLING_IMPORTERS = {"worker/cli.py"}
+
+
+def _excluded_by_gcloudignore() -> set[str]:
+    lines = (REPO / ".gcloudignore").read_text(encoding="utf-8").splitlines()
+    return {line.strip("/") for line in lines if line.startswith("/worker/") and line.endswith("/")}
+
+
+def _excluded_by_the_plan_module() -> set[str]:
+    text = (REPO / "deploy" / "terraform" / "modules" / "plan" / "main.tf").read_text(encoding="utf-8")
+    (block,) = re.findall(r"^\s*excluded\s*=\s*setunion\((.*?)^\s*\)", text, re.MULTILINE | re.DOTALL)
+    return set(re.findall(r'fileset\(var\.source_dir, "(worker/[\w/]+)/\*\*"\)', block))
+
+
+def _shipped_python() -> list[Path]:
+    excluded = _excluded_by_gcloudignore()
+    worker = [p for p in (REPO / "worker").rglob("*.py")
+              if not any(p.relative_to(REPO).as_posix().startswith(f"{folder}/") for folder in excluded)]
+    return [REPO / "main.py", *sorted(worker)]
+
+
+def _module_file(name: str) -> Path | None:
+    base = REPO.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _module_of(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports_of(path: Path, source: str | None = None) -> list[tuple[str, bool]]:
+    """Every module an import in ``path`` (or ``source`` as if it were there) names (relative ones resolved,
+    ``from pkg import submodule`` as the submodule too), each with whether it runs when the module loads (False:
+    inside a function)."""
+    tree = ast.parse(path.read_text(encoding="utf-8") if source is None else source)
+    package = _module_of(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found: list[tuple[str, bool]] = []
+
+    def visit(node: ast.AST, at_load: bool) -> None:
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, at_load) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package[:len(package) - node.level + 1], *([base] if base else [])])
+            found.append((base, at_load))
+            found.extend((f"{base}.{alias.name}", at_load) for alias in node.names
+                         if _module_file(f"{base}.{alias.name}") is not None)
+        for child in ast.iter_child_nodes(node):
+            visit(child, at_load and not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    visit(tree, True)
+    return found
+
+
+def _is_tooling(module: str) -> bool:
+    return any(module == m or module.startswith(f"{m}.") for m in ("worker.devstack", "worker.tools"))
+
+
+def test_both_upload_lists_leave_out_the_local_stack_and_the_tooling():
+    assert _excluded_by_gcloudignore() == _excluded_by_the_plan_module()
+    assert _excluded_by_gcloudignore() >= NOT_SHIPPED
+    assert all((REPO / folder / "__init__.py").is_file() for folder in NOT_SHIPPED)
+
+
+def test_nothing_shipped_loads_the_local_stack_or_the_tooling():
+    shipped = _shipped_python()
+    assert REPO / "worker" / "adapters" / "pubsub.py" in shipped
+    assert not [p for p in shipped if p.relative_to(REPO).as_posix().startswith(tuple(f"{f}/" for f in NOT_SHIPPED))]
+    at_load = [f"{p.relative_to(REPO)}: {m}" for p in shipped for m, load in _imports_of(p) if load and _is_tooling(m)]
+    assert at_load == []
+    lazy = {p.relative_to(REPO).as_posix() for p in shipped for m, _ in _imports_of(p) if _is_tooling(m)}
+    assert lazy <= LAZY_TOOLING_IMPORTERS, lazy - LAZY_TOOLING_IMPORTERS
+
+
+def test_the_function_never_reaches_the_command_line_or_the_tooling():
+    """Every worker module main.py can import, lazy imports included: none is tooling, nor the command line that
+    may import it."""
+    reached: set[str] = set()
+    todo = [REPO / "main.py"]
+    while todo:
+        path = todo.pop()
+        for module, _ in _imports_of(path):
+            parts = module.split(".")
+            for i in range(1, len(parts) + 1):  # importing a.b.c runs a and a.b too
+                name = ".".join(parts[:i])
+                target = _module_file(name) if parts[0] == "worker" else None
+                if target is not None and name not in reached:
+                    reached.add(name)
+                    todo.append(target)
+    assert {"worker.app", "worker.service", "worker.adapters.pubsub"} <= reached
+    assert [m for m in reached if _is_tooling(m) or m in {"worker.cli", "worker.__main__"}] == []
+
+
+def test_the_import_scan_sees_lazy_and_relative_imports():
+    source = ("from worker.tools import pubsub\nfrom . import aws\nclass C:\n    import json\n"
+              "def f():\n    from ..devstack import stack\n    g = lambda: __import__('x')\n")
+    scanned = _imports_of(REPO / "worker" / "adapters" / "pubsub.py", source)
+    assert ("worker.tools", True) in scanned and ("worker.tools.pubsub", True) in scanned
+    assert ("worker.adapters.aws", True) in scanned and ("json", True) in scanned
+    assert ("worker.devstack", False) in scanned and ("worker.devstack.stack", False) in scanned

@@ -14,11 +14,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from worker.adapters.pubsub import pull_now
 from worker.devstack.balancer import CloudRunBalancer
 from worker.devstack.deployed import DeliverySettings
 from worker.devstack.proxy import RecordingProxy
 from worker.devstack.stack import LocalStack
+from worker.tools.pubsub import pull_now
 
 
 @dataclass

@@ -24,10 +24,10 @@ from pathlib import Path
 import boto3
 import requests
 
-from worker.adapters.pubsub import pull_now
 from worker.devstack.metadata import MetadataDouble
 from worker.devstack.processes import Service, free_port, signals_held
 from worker.policies import permissions_policy, trust_policy
+from worker.tools.pubsub import pull_now
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS_COLLECTION = "summary-runs"  # worker.config's default

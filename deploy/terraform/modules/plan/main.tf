@@ -24,6 +24,7 @@ locals {
   )
   excluded = setunion(
     fileset(var.source_dir, "worker/devstack/**"),
+    fileset(var.source_dir, "worker/tools/**"),
     fileset(var.source_dir, "{schemas,worker}/**/__pycache__/**"),
     fileset(var.source_dir, "{schemas,worker}/**/*.pyc"),
   )
