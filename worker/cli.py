@@ -81,12 +81,14 @@ def _demo_fan_out(stack, objects: int) -> None:
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda item: s3.put_object(Bucket="demo-data", Key=item[0], Body=item[1]),
                       lake_objects(objects).items()))
-    env = {"SHARD_OBJECTS": "250", "FANOUT_MIN_OBJECTS": "1000", "FANOUT_MAX_IN_FLIGHT": "6"}
+    least = min(1000, max(1, objects // 3))  # the job fans out by itself: its listing reaches this many objects
+    env = {"SHARD_OBJECTS": str(max(1, min(250, objects // 8))), "FANOUT_MIN_OBJECTS": str(least),
+           "FANOUT_MAX_IN_FLIGHT": "6"}
     with Fleet(stack, "demo-fleet", instances=3, concurrency=2, env=env) as fleet:
         job = {"bucket": "demo-data", "prefix": "lake/", "job_id": "demo-fan-out"}
         run_id = stack.publish_job(job, topic=fleet.jobs_topic)
         _say(f"published job demo-fan-out for s3://demo-data/lake/ ({objects} objects) as message {run_id}; "
-             f"it fans out (FANOUT_MIN_OBJECTS=1000): `python -m worker status {run_id}` shows what this shows")
+             f"it fans out (FANOUT_MIN_OBJECTS={least}): `python -m worker status {run_id}` shows what this shows")
         assert stack.inbox is not None
         runs = stack.run_store()
         result = None

@@ -137,7 +137,6 @@ class Settings:
         fanout_min_objects = _int(get(FANOUT_MIN_OBJECTS), FANOUT_MIN_OBJECTS, 5000, 1, 10_000_000, problems)
         fanout_min_bytes = _int(get(FANOUT_MIN_BYTES), FANOUT_MIN_BYTES, 16 << 30, 1, 1 << 50, problems)
         shard_objects = _int(get(SHARD_OBJECTS), SHARD_OBJECTS, 1000, 1, 100_000, problems)
-        shard_seconds = _int(get(SHARD_SECONDS), SHARD_SECONDS, 240, 1, 3600, problems)
         fanout_max_in_flight = _int(get(FANOUT_MAX_IN_FLIGHT), FANOUT_MAX_IN_FLIGHT, 50, 1, 1000, problems)
         allowed_reply_topics = set()
         for name in filter(None, (t.strip() for t in get(ALLOWED_REPLY_TOPICS).split(","))):
@@ -159,7 +158,9 @@ class Settings:
         duration = _int(get(STS_DURATION_SECONDS), STS_DURATION_SECONDS, 3600, 900, 43200, problems)
         # Event-driven functions stop at 540 s: by default a job stops at 480 s and says how far it got.
         deadline = _int(get(JOB_DEADLINE_SECONDS), JOB_DEADLINE_SECONDS, 480, 1, 3600, problems)
-        if shard_seconds > deadline / 2:
+        # Unset: 240 s, or half the deadline if that is shorter (a shard stores and commits within the deadline).
+        shard_seconds = _int(get(SHARD_SECONDS), SHARD_SECONDS, max(1, min(240, deadline // 2)), 1, 3600, problems)
+        if shard_seconds > deadline / 2 and get(SHARD_SECONDS):
             problems.append(f"{SHARD_SECONDS} ({shard_seconds}) may be at most half of {JOB_DEADLINE_SECONDS} "
                             f"({deadline}): a shard reads for its budget, then stores and commits within the deadline")
         # Full mode is CPU-bound: objects in flight beyond the cores only add memory.

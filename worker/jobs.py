@@ -116,7 +116,8 @@ def load_schema(name: str) -> dict:
 def _validator() -> Draft202012Validator:
     schema = load_schema("job")
     Draft202012Validator.check_schema(schema)
-    return _StrictPatterns(schema)
+    strict = validators.extend(Draft202012Validator, {"pattern": _strict_pattern})
+    return strict(schema)
 
 
 def _strict_pattern(validator, pattern: str, instance: Any, schema: dict):
@@ -135,8 +136,6 @@ def _ecma(pattern: str) -> re.Pattern[str]:
         pattern = pattern[:-1] + r"\Z"
     return re.compile(pattern)
 
-
-_StrictPatterns = validators.extend(Draft202012Validator, {"pattern": _strict_pattern})
 
 
 @cache

@@ -26,7 +26,7 @@ def open_files_under(folder: Path) -> list[str]:
 
 
 def test_demo_prints_results_and_stops_everything(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "worker", "demo", "--workdir", str(tmp_path), "--objects", "1200"],
+    run = subprocess.run([sys.executable, "-m", "worker", "demo", "--workdir", str(tmp_path), "--objects", "480"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert '"rows": 3' in run.stdout and '"columns": 4' in run.stdout
@@ -34,7 +34,7 @@ def test_demo_prints_results_and_stops_everything(tmp_path):
     assert "over HTTP: 200 rows=3 columns=4" in run.stderr
     # the fanned-out run: its progress lines (stderr is not a terminal: one per poll), then its answer
     answer = json.loads(run.stdout[run.stdout.rindex('{\n  "job_id": "demo-fan-out"'):])
-    assert answer["status"] == "ok" and answer["files"] == 1200 and answer["rows"] == 1200 * 50
+    assert answer["status"] == "ok" and answer["files"] == 480 and answer["rows"] == 480 * 50
     assert answer["fanout"]["shards"] > 3 and answer["fanout"]["failed"] == 0
     assert f"] {answer['fanout']['run_id']} " in run.stderr and "objects/s" in run.stderr
     assert open_files_under(tmp_path) == []

@@ -97,12 +97,12 @@ def test_decide_sees_queued_shards_up_to_the_cap(stack):
 
 
 def test_concurrent_increments_each_count_once(stack):
-    """Two instances (threads with clients of their own) commit 8 increments of one run at once. On the emulator
+    """Two instances (threads with clients of their own) commit 6 increments of one run at once. On the emulator
     two overlapping transactions on one document deadlock until its 10 s lock timeout aborts one, and a transaction
     can lose every attempt: that ``Retryable`` wrote nothing, so the caller runs it again (as a redelivery would)."""
     run = new_run()
     create(stack.run_store(), run, [])
-    per_thread, calls, values, retried = 4, [], [], []
+    per_thread, calls, values, retried = 3, [], [], []
 
     def increment(r, s, queued):
         calls.append(1)
