@@ -280,9 +280,10 @@ class Fleet:
         self.env = {
             "AWS_ENDPOINT_URL": s3.url, "STORAGE_EMULATOR_HOST": gcs.url,
             "SHARD_TOPIC": self.shard_topic, "SHARD_DEAD_LETTER_TOPIC": self.dead_letter_topic,
-            # One more than the instances take: a finishing shard's commit reads queued shards only when the run
-            # is below its cap before the commit, so at exactly the cap one slot stays empty (and at a cap of 1
-            # the run stalls). The pusher still hands the balancer no more than ``capacity`` at once.
+            # One more than the instances take: before worker.runs.queued_wanted, a finishing shard's commit read
+            # queued shards only as far as the room under the cap before it, so at exactly the cap one slot stayed
+            # empty (and a cap of 1 stalled). Harmless now: the pusher still hands the balancer no more than
+            # ``capacity`` at once, and the extra shard waits there.
             "FANOUT_MAX_IN_FLIGHT": str(self.capacity + args.in_flight_extra),
             "SHARD_OBJECTS": str(args.shard_objects if mode == "metadata" else args.full_shard_objects),
             "BENCH_FIRESTORE_COUNTS": str(counts_dir),
