@@ -120,12 +120,13 @@ def split_unread(keys: Sequence[str], stop: str | None, ways: int = SPLIT_WAYS) 
 # -- the decisions (pure: run inside a store's transaction, maybe more than once) --------------------
 
 
-def dispatch(run: RunRecord, candidates: Sequence[ShardRecord]) -> list[ShardRecord]:
+def dispatch(run: RunRecord, candidates: Sequence[ShardRecord], now: float = 0.0) -> list[ShardRecord]:
     """Mark as many queued ``candidates`` dispatched as the run's cap has room for; count them in flight."""
     room = min(max(0, run.max_in_flight - run.in_flight), DISPATCH_BATCH)
     sent = [s for s in candidates if s.state == QUEUED][:room]
     for shard in sent:
         shard.state = DISPATCHED
+        shard.dispatched_at = now
     run.in_flight += len(sent)
     return sent
 
@@ -139,7 +140,7 @@ def decide_open(run: RunRecord, ranges: Sequence[tuple[str | None, str | None]])
         new = run.copy()
         shards = [ShardRecord(shard_id_of(run.run_id, a, b), a, b) for a, b in ranges]
         new.shards_total = new.shards_open = len(shards)
-        sent = dispatch(new, shards)
+        sent = dispatch(new, shards, run.created_at)
         return Change(run=new, shards=shards, value=(True, [s.shard_id for s in sent]))
 
     return decide
@@ -169,7 +170,7 @@ def decide_hand_off(run_id: str, shard_id: str, own_stop: str, now: float):
         new.shards_total += 1
         new.shards_open += 1
         new.updated_at = now
-        sent = dispatch(new, [child, *queued])
+        sent = dispatch(new, [child, *queued], now)
         mine.dispatched += [s.shard_id for s in sent]
         return Change(run=new, shards=[mine, child, *[s for s in sent if s is not child]],
                       value=HandOff(stop=own_stop, publish=[s.shard_id for s in sent]))
@@ -244,7 +245,7 @@ def decide_finish(run_id: str, shard_id: str, outcome: Outcome, now: float):
         new.bytes_listed += outcome.bytes_listed
         new.bytes_read += outcome.bytes_read
         new.updated_at = now
-        sent = dispatch(new, [*children, *queued])
+        sent = dispatch(new, [*children, *queued], now)
         mine.dispatched += [s.shard_id for s in sent]
         merge = new.shards_open == 0 and new.state == RUNNING
         if merge:
@@ -309,7 +310,7 @@ def decide_requeue(failed: Sequence[ShardRecord], redrives: int, now: float):
         new.redrives += 1
         new.updated_at = now
         mine = {s.shard_id for s in again}
-        sent = dispatch(new, [*again, *[q for q in queued if q.shard_id not in mine]])
+        sent = dispatch(new, [*again, *[q for q in queued if q.shard_id not in mine]], now)
         return Change(run=new, shards=[*again, *[s for s in sent if s.shard_id not in mine]],
                       value=[s.shard_id for s in sent])
 
@@ -361,7 +362,7 @@ def decide_dispatch(now: float):
             return Change(value=[])
         new = run.copy()
         new.updated_at = now
-        sent = dispatch(new, queued)
+        sent = dispatch(new, queued, now)
         return Change(run=new, shards=sent, value=[s.shard_id for s in sent])
 
     return decide

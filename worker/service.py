@@ -166,7 +166,8 @@ class Worker:
                 log.error("a message on the shard topic that is no shard: dropped", extra={"fields": {
                     "topic": topic, "message_id": event_id}})
                 return None
-            self._handle_shard(*shard, dead=topic == self.settings.shard_dead_letter_topic)
+            self._handle_shard(*shard, dead=topic == self.settings.shard_dead_letter_topic,
+                               published=_publish_time_of(data))
             return None
         result, job = self._result_of(
             lambda: job_from_pubsub(data, event_id, time_zone=self.settings.template_time_zone),
@@ -364,7 +365,7 @@ class Worker:
         log.info("job fanned out", extra={"fields": _ids(job) | {"run_id": run.run_id, "shards": len(ranges),
                                                                 "created": created}})
 
-    def _handle_shard(self, run_id: str, shard_id: str, *, dead: bool) -> None:
+    def _handle_shard(self, run_id: str, shard_id: str, *, dead: bool, published: float | None = None) -> None:
         """One shard message: read its range (or, dead-lettered, record it failed), commit, and answer the run
         if this commit closed it. Raises only ``Retryable``."""
         if self.stores is None:
@@ -382,6 +383,11 @@ class Worker:
         replay(self.stores, run_id, shard)
         if shard.state in TERMINAL:
             self._merge_if_left(run, shard_id)
+            return
+        if dead and published is not None and published < shard.dispatched_at - 1.0:
+            # A dead letter of an earlier dispatch (before a redrive): the shard has been sent out again since.
+            log.warning("stale dead letter of a redriven shard: dropped",
+                        extra={"fields": {"run_id": run_id, "shard_id": shard_id}})
             return
         if dead:
             outcome = Outcome(FAILED, error=f"dead-lettered after {shard.attempts} attempt(s)")
@@ -726,6 +732,18 @@ def _shard_of(data: Any) -> tuple[str, str] | None:
     if not (isinstance(run_id, str) and run_id and isinstance(shard_id, str) and shard_id):
         return None
     return run_id, shard_id
+
+
+def _publish_time_of(data: Any) -> float | None:
+    """When a message was published (a dead-lettered copy: when it was dead-lettered), as a Unix time."""
+    from worker.jobs import parse_time
+
+    try:
+        text = data["message"].get("publishTime") or data["message"].get("publish_time")
+    except (KeyError, TypeError, AttributeError):
+        return None
+    at = parse_time(text) if isinstance(text, str) else None
+    return at.timestamp() if at is not None else None
 
 
 def _topic_of(source: str | None) -> str | None:

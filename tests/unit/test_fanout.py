@@ -311,3 +311,21 @@ def test_a_second_delivery_of_the_closing_shard_builds_the_answer_only_if_the_fi
     worker.handle_pubsub(_shard_message(*closing), "s", source=SHARD_SOURCE)  # long after: the first is presumed gone
     worker.handle_pubsub(_shard_message(*closing), "s", source=SHARD_SOURCE)  # and once answered, nothing more
     assert len(out.sent) == 1 and stores.runs.get_run("m-1").state == ANSWERED
+
+
+def test_a_dead_letter_copy_from_before_a_redrive_does_not_fail_the_redriven_range():
+    """Pub/Sub may deliver a dead-lettered copy again (at least once) after the operator redrove the range: the
+    copy's publish time (when it was dead-lettered) is before the shard's new dispatch, so it is dropped."""
+    worker, stores, out = _worker(_lake(80))
+    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
+    victim = stores.shards.messages[0][1]
+    before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+    _deliver_all(worker, stores, random.Random(11), dead={victim})
+    assert out.sent[0]["error"]["code"] == "incomplete"
+    redrive(stores, "m-1")
+    stale = _shard_message("m-1", victim)
+    stale["message"]["publishTime"] = before
+    worker.handle_pubsub(stale, "dl-again", source=f"//pubsub.googleapis.com/{DLQ}")
+    assert stores.runs.get_shard("m-1", victim).state == "dispatched"
+    _deliver_all(worker, stores, random.Random(12))
+    assert out.sent[-1]["status"] == "ok" and out.sent[-1]["fanout"]["answer"] == 2
