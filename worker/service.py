@@ -262,19 +262,9 @@ class Worker:
         deadline = time.monotonic() + self.settings.job_deadline_seconds
         if job.mode != "full":
             return self._run(job, on_progress, timings, started, deadline)
-        # Wait for a turn at most half the deadline (the wait counts toward the request's own timeout);
-        # then hand the job back to Pub/Sub rather than start it too late to finish.
-        if not self._full_turns.acquire(timeout=self.settings.job_deadline_seconds / 2):
-            log.warning("full-mode job handed back: the instance is busy with others",
-                        extra={"fields": _ids(job) | {"code": "unavailable"}})
-            raise Unavailable(f"the instance ran {self.settings.full_mode_jobs} full-mode job(s) for "
-                              f"{self.settings.job_deadline_seconds / 2:.0f}s; try again later",
-                              details={"step": "waiting for a full-mode turn"})
-        try:
+        with self._turn(True, what="job(s)", step="waiting for a full-mode turn", fields=_ids(job)):
             timings["queued"] = _ms_since(started)
             return self._run(job, on_progress, timings, started, deadline)
-        finally:
-            self._full_turns.release()
 
     def _run(self, job: Job, on_progress: Progress | None, timings: dict[str, float], started: float,
              deadline: float) -> dict | None:
@@ -458,8 +448,6 @@ class Worker:
                 stop = handed.stop
                 if stop != cut:  # an earlier delivery cut elsewhere: its cut stands
                     own = list(list_range(store, job.prefix, shard.start, stop))
-            reading = time.monotonic()
-            budget = reading + self.settings.shard_seconds
             unread: list[str] = []
 
             # The delivery's own deadline bounds the budget too (a full-mode shard may have waited for its turn),
@@ -483,7 +471,8 @@ class Worker:
 
             tally = Tally()
             full = job.mode == "full"
-            with _phase(phases, "reading"), self._turn(full, "reading a shard"):
+            with _phase(phases, "reading"), self._turn(full, what="read(s)", fields=fields,
+                                                       step="waiting for a full-mode turn (reading a shard)"):
                 reading = time.monotonic()  # the budget starts with the turn, and ends by the deadline
                 budget = min(reading + self.settings.shard_seconds, hard)
                 if hard - reading < self.settings.shard_seconds / 2:
@@ -526,16 +515,19 @@ class Worker:
             return Outcome(FAILED, error=f"internal: {incident.message}"[:MAX_REASON])
 
     @contextmanager
-    def _turn(self, full: bool, step: str):
+    def _turn(self, full: bool, *, what: str, step: str, fields: dict):
         """A full-mode read takes one of the instance's FULL_MODE_JOBS turns (a job's or a shard's), waiting at
-        most half the deadline; then it is handed back to Pub/Sub rather than start too late to finish."""
+        most half the deadline (the wait counts toward the request's own timeout); then it is handed back to
+        Pub/Sub rather than start too late to finish."""
         if not full:
             yield
             return
         if not self._full_turns.acquire(timeout=self.settings.job_deadline_seconds / 2):
-            raise Unavailable(f"the instance ran {self.settings.full_mode_jobs} full-mode read(s) for "
+            log.warning("full-mode read handed back: the instance is busy with others",
+                        extra={"fields": fields | {"code": "unavailable"}})
+            raise Unavailable(f"the instance ran {self.settings.full_mode_jobs} full-mode {what} for "
                               f"{self.settings.job_deadline_seconds / 2:.0f}s; try again later",
-                              details={"step": f"waiting for a full-mode turn ({step})"})
+                              details={"step": step})
         try:
             yield
         finally:
