@@ -435,6 +435,10 @@ class _ProgressBar:
             sys.stderr.write("\n")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def render_table(result: dict) -> str:
     """A result as text for a person at a terminal."""
     where = f"s3://{result['bucket']}/{result['prefix']}"
@@ -443,9 +447,9 @@ def render_table(result: dict) -> str:
         lines = [f"{where}: {error['code']}: {error['message']}"]
         lines += [f"  - {p}" for p in error.get("problems", [])]
         return "\n".join(lines)
-    lines = [f"{where}: {result['rows']:,} rows x {result['columns']} columns in {result['files']} files "
-             f"({result['bytes']:,} bytes, {result['row_groups']} row groups) "
-             f"in {result['timings_ms']['total'] / 1000:.2f}s"]
+    lines = [f"{where}: {_count(result['rows'], 'row')} x {_count(result['columns'], 'column')} in "
+             f"{_count(result['files'], 'file')} ({_count(result['bytes'], 'byte')}, "
+             f"{_count(result['row_groups'], 'row group')}) in {result['timings_ms']['total'] / 1000:.2f}s"]
     profile = result.get("profile") or {}
     header = ["column", "type", "nulls", "min", "max"]
     if profile:

@@ -65,7 +65,7 @@ class Doctor:
             self.cfg = Settings.from_env(self.env)
         except WorkerError as e:
             return Step("settings", False, "; ".join(e.problems) or e.message,
-                        "set the variables named above (README: Configuration)")
+                        "set the variables named above (docs/configuration.md)")
         return Step("settings", True, f"role {self.cfg.role_arn}, audience {self.cfg.audience!r}, "
                                       f"token source {self.cfg.token_source}, region {self.cfg.region}")
 

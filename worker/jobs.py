@@ -397,6 +397,10 @@ def _describe_untrimmed(error) -> str:
         shown = repr(value) if len(value) <= 80 else repr(value[:77]) + "..."
         rule = error.schema.get("description", "")
         return f"{where}: {shown} is not valid ({error.validator}): {rule}"
+    if error.validator == "dependentRequired":  # time_zone or reference_time beside a plain prefix
+        field = re.search(r"is a dependency of '(.*)'$", error.message)
+        field = field.group(1) if field else where
+        return f"{field}: only with prefix_template (a plain prefix is read as it is, so {field} would change nothing)"
     if error.validator == "required":
         return f"{where}: {error.message}"
     if error.validator == "additionalProperties":

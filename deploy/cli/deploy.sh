@@ -34,7 +34,7 @@ settings() {
   DEPLOY_HTTP=${DEPLOY_HTTP:-no}
   HTTP_INGRESS=${HTTP_INGRESS:-internal-only}
   SERVICE_AGENT_WAIT=${SERVICE_AGENT_WAIT:-60}
-  # Fan-out (README "Fan-out"): the runs database, the partials bucket, the shard topics; FANOUT_ENABLED=no
+  # Fan-out (docs/fan-out.md): the runs database, the partials bucket, the shard topics; FANOUT_ENABLED=no
   # leaves them out.
   FANOUT_ENABLED=${FANOUT_ENABLED:-yes}
   FIRESTORE_DATABASE=${FIRESTORE_DATABASE:-(default)}

@@ -100,7 +100,7 @@ variable "max_instances" {
 }
 
 variable "concurrency" {
-  description = "Requests one instance serves at once (max_instance_request_concurrency); with max_instances, how many jobs run before Cloud Run answers 429. 8 suits metadata jobs, which wait on S3 round trips; use 1 for full-mode workloads, which are CPU-bound (README: Bursts)."
+  description = "Requests one instance serves at once (max_instance_request_concurrency); with max_instances, how many jobs run before Cloud Run answers 429. 8 suits metadata jobs, which wait on S3 round trips; use 1 for full-mode workloads, which are CPU-bound (docs/deploy.md: Bursts)."
   type        = number
   default     = 8
 
@@ -111,7 +111,7 @@ variable "concurrency" {
 }
 
 variable "max_delivery_attempts" {
-  description = "Deliveries of a job before it moves to the dead-letter topic (5 to 100). Cloud Run's 429s in a burst count as deliveries: 30, with 10-600 s backoff, survives about 4 h of refusals (README: Bursts); permanent errors are answered, never retried."
+  description = "Deliveries of a job before it moves to the dead-letter topic (5 to 100). Cloud Run's 429s in a burst count as deliveries: 30, with 10-600 s backoff, survives about 4 h of refusals (docs/deploy.md: Bursts); permanent errors are answered, never retried."
   type        = number
   default     = 30
 
@@ -218,7 +218,7 @@ variable "service_agent_wait" {
   default     = "60s"
 }
 
-# -- fan-out (a job too big for one instance is split into shards: README "Fan-out") ---------------------
+# -- fan-out (a job too big for one instance is split into shards: docs/fan-out.md) ---------------------
 
 variable "fanout_enabled" {
   description = "Deploy what fan-out needs: the Firestore runs database, the partials bucket, the shard topic and its dead-letter topic with their push subscriptions, the worker's grants on them and the function's fan-out settings. false leaves all of it out (every job runs on one instance)."

@@ -211,7 +211,7 @@ def _check_read(case: Case, mode: str, result: dict, data: bytes) -> None:
             mm = pc.min_max(values).as_py()
             assert (entry["min"], entry["max"]) == (mm["min"], mm["max"]), name
         elif pa.types.is_floating(typ) and not pa.types.is_float16(typ):
-            # NaN takes no part in min/max (README, "Values"): the oracle is pyarrow over the other values.
+            # NaN takes no part in min/max (docs/jobs-and-results.md, Values): the oracle is pyarrow over the rest.
             mm = pc.min_max(pc.filter(column, pc.invert(pc.is_nan(column)))).as_py()
             assert (entry["min"], entry["max"]) == (_render_float(mm["min"]), _render_float(mm["max"])), name
 

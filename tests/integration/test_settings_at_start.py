@@ -1,5 +1,5 @@
 """A setting the Pub/Sub entry point cannot work without stops the function at start, naming the variable
-(the README's promise), instead of answering every job 500 until it is dead-lettered."""
+(the promise of docs/configuration.md), instead of answering every job 500 until it is dead-lettered."""
 
 import pytest
 

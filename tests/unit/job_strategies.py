@@ -94,12 +94,13 @@ def valid_jobs(draw, bucket=buckets) -> dict:
     plain = draw(st.booleans())
     job = draw(st.fixed_dictionaries({"bucket": bucket}, optional={
         "job_id": ids, "mode": st.sampled_from(["metadata", "full"]), "columns": columns, "fan_out": fan_outs,
-        "correlation_id": ids, "reply_topic": reply_topics, "reply_attributes": reply_attributes,
-        "time_zone": st.sampled_from(TIME_ZONES), "reference_time": reference_times}))
+        "correlation_id": ids, "reply_topic": reply_topics, "reply_attributes": reply_attributes}))
     if plain:
         job["prefix"] = draw(prefixes)
-    else:
+    else:  # time_zone and reference_time only with a template: beside a plain prefix they are refused
         job["prefix_template"] = draw(valid_templates)
+        job.update(draw(st.fixed_dictionaries({}, optional={
+            "time_zone": st.sampled_from(TIME_ZONES), "reference_time": reference_times})))
     return job
 
 
@@ -121,6 +122,16 @@ def _templated(change):
             job["prefix_template"] = "{date}/"
         change(job, value)
     return templated
+
+
+def _plain(change):
+    """The mutation needs a plain prefix: time_zone or reference_time beside one is the mistake."""
+    def plain(job, value):
+        if "prefix_template" in job:
+            del job["prefix_template"]
+            job["prefix"] = "data/"
+        change(job, value)
+    return plain
 
 
 def _instead_of_prefix(field):
@@ -177,8 +188,10 @@ MUTATIONS = [
     ("reference_time", ["2026-11-28", "yesterday", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z",
                         "2026-11-28T25:00:00Z", "2026-11-28T03:00:00", "2026-11-28T03:00:00.1234567890Z", 20261128],
      st.integers(), _templated(_set("reference_time"))),
+    ("reference_time", ["2026-11-28T03:00:00Z"], _NOTHING, _plain(_set("reference_time"))),
     ("time_zone", ["Mars/Olympus_Mons", "", "Europe/Paris ", "utc/x", "a" * 65, "1UTC", 1], st.integers(),
      _templated(_set("time_zone"))),
+    ("time_zone", ["Europe/Paris", "UTC"], _NOTHING, _plain(_set("time_zone"))),
     ("job_id", _BAD_IDS, st.integers(), _set("job_id")),
     ("correlation_id", _BAD_IDS, st.integers(), _set("correlation_id")),
     ("mode", ["Full", "", "fast", "metadata ", None, True], _NOTHING, _set("mode")),
@@ -215,11 +228,11 @@ def mutated_jobs(draw, bucket=buckets) -> tuple[str, dict]:
 # Every field set, for listed_mutations.
 FULL_JOB = {"bucket": "my-bucket", "prefix": "data/2026/", "job_id": "job-1", "mode": "full", "columns": ["id", "x"],
             "fan_out": {"mode": "always", "max_in_flight": 10, "tolerated_failure_percent": 5},
-            "correlation_id": "run-1", "reply_topic": "projects/p/topics/results", "reply_attributes": {"stage": "2"},
-            "time_zone": "Europe/Paris", "reference_time": "2026-11-28T03:00:00Z"}
+            "correlation_id": "run-1", "reply_topic": "projects/p/topics/results", "reply_attributes": {"stage": "2"}}
 
 
-TEMPLATED_JOB = {**{k: v for k, v in FULL_JOB.items() if k != "prefix"}, "prefix_template": "x/{date-1d:%Y/%m/%d}/"}
+TEMPLATED_JOB = {**{k: v for k, v in FULL_JOB.items() if k != "prefix"}, "prefix_template": "x/{date-1d:%Y/%m/%d}/",
+                 "time_zone": "Europe/Paris", "reference_time": "2026-11-28T03:00:00Z"}
 
 
 def listed_mutations(job: dict = FULL_JOB) -> list[tuple[str, dict]]:

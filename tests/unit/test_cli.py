@@ -13,7 +13,7 @@ def test_table_of_an_ok_result():
                 "schema": [{"name": "age", "type": "int64", "files": 1}],
                 "statistics": {"age": {"null_count": 1, "min": 36, "max": 45}}}
     text = render_table(ok_result(Job(bucket="b-1", prefix="p/", job_id="j"), summary, {"total": 1500}))
-    assert text.splitlines()[0] == "s3://b-1/p/: 3 rows x 1 columns in 1 files (1,348 bytes, 1 row groups) in 1.50s"
+    assert text.splitlines()[0] == "s3://b-1/p/: 3 rows x 1 column in 1 file (1,348 bytes, 1 row group) in 1.50s"
     assert text.splitlines()[2].split() == ["age", "int64", "1", "36", "45"]
     assert "p/_SUCCESS: not a .parquet key" in text
 

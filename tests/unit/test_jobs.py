@@ -143,3 +143,18 @@ def test_an_id_is_valid_by_the_schemas_own_rule(name):
     assert valid_id("a" * spec["maxLength"], name) and not valid_id("a" * (spec["maxLength"] + 1), name)
     assert valid_id("run-3:a/b@c+d=e.f_g", name)
     assert not any(valid_id(bad, name) for bad in ("", "a b", "a\n", "é", None, 7))
+
+
+@pytest.mark.parametrize("field, value", [("time_zone", "Europe/Paris"), ("time_zone", "Mars/Olympus_Mons"),
+                                          ("reference_time", "2026-11-28T03:00:00Z")])
+def test_template_settings_beside_a_plain_prefix_are_refused_not_ignored(field, value):
+    """A plain prefix is read as it is: a time zone or reference time beside it would silently change nothing,
+    so the job is refused, naming the field (with prefix_template the same values are used)."""
+    with pytest.raises(InvalidJob) as caught:
+        validate_job({"bucket": "my-bucket", "prefix": "events/", field: value}, message_id="m1")
+    assert caught.value.problems == [f"{field}: only with prefix_template (a plain prefix is read as it is, "
+                                     f"so {field} would change nothing)"]
+    if value != "Mars/Olympus_Mons":
+        job = validate_job({"bucket": "my-bucket", "prefix_template": "events/{date}/", field: value},
+                           message_id="m1", publish_time="2026-11-28T03:00:00Z")
+        assert job.prefix.startswith("events/2026-11-2")
