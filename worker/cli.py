@@ -109,6 +109,20 @@ def _demo_fan_out(stack, objects: int) -> None:
                           if k in result}, indent=2), flush=True)
 
 
+# What the command line needs to act as the stack's function does: its settings (fan-out's included, for status
+# and redrive) and the local endpoints; env.sh exports them.
+CLI_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ROLE_ARN", "ID_TOKEN_AUDIENCE", "GCE_METADATA_HOST",
+           "GCE_METADATA_IP", "PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "STORAGE_EMULATOR_HOST",
+           "GOOGLE_CLOUD_PROJECT", "REPLY_TOPIC", "ALLOWED_BUCKETS", "PARTIALS_BUCKET", "SHARD_TOPIC",
+           "SHARD_DEAD_LETTER_TOPIC", "JOBS_TOPIC")
+
+
+def cli_env(stack) -> dict[str, str]:
+    """The variables env.sh exports for a running local stack."""
+    env = stack.function_env() | {"JOBS_TOPIC": stack.jobs_topic}
+    return {name: env[name] for name in CLI_ENV}
+
+
 def cmd_stack(args: argparse.Namespace) -> int:
     import shlex
 
@@ -121,10 +135,8 @@ def cmd_stack(args: argparse.Namespace) -> int:
     try:
         with LocalStack(workdir) as stack:
             stack.put_objects("demo-data", sample_objects())
-            names = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ROLE_ARN", "ID_TOKEN_AUDIENCE", "GCE_METADATA_HOST",
-                     "GCE_METADATA_IP", "PUBSUB_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "REPLY_TOPIC", "JOBS_TOPIC")
-            env = stack.function_env() | {"JOBS_TOPIC": stack.jobs_topic}
-            (workdir / "env.sh").write_text("".join(f"export {n}={shlex.quote(env[n])}\n" for n in names))
+            exports = (f"export {name}={shlex.quote(value)}\n" for name, value in cli_env(stack).items())
+            (workdir / "env.sh").write_text("".join(exports))
             (workdir / "trust.json").write_text(json.dumps(trust_policy(stack.metadata.unique_id, stack.audience),
                                                            indent=2))
             _say(f"the local stack is up, with s3://demo-data holding the sample dataset.\n"

@@ -240,6 +240,8 @@ def topic_path(name: str, project: str | None) -> str:
     one rule for every topic the worker and its command line are given. Raises ValueError for a short name
     without a project."""
     if "/" in name:
+        if not _TOPIC.match(name):
+            raise ValueError(f"topic {name!r} is not a topic path: give projects/P/topics/T, or a short name")
         return name
     if not project:
         raise ValueError(f"topic {name!r} is a short name: give projects/P/topics/T or set {GOOGLE_CLOUD_PROJECT}")
@@ -253,7 +255,10 @@ def _topic_setting(setting: str, value: str, project: str | None, problems: list
     try:
         topic = topic_path(value, project)
     except ValueError:
-        problems.append(f"{setting} is a short name; give projects/P/topics/T or set {GOOGLE_CLOUD_PROJECT}")
+        if "/" in value:
+            problems.append(f"{setting} must look like projects/P/topics/T: {value!r}")
+        else:
+            problems.append(f"{setting} is a short name; give projects/P/topics/T or set {GOOGLE_CLOUD_PROJECT}")
         return None
     if not _TOPIC.match(topic):
         problems.append(f"{setting} must look like projects/P/topics/T: {topic!r}")

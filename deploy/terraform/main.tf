@@ -465,7 +465,8 @@ resource "google_kms_crypto_key_iam_member" "pubsub_uses_key" {
 }
 
 # The build account: Cloud Build's own role (writes build logs and the image to Artifact Registry, reads
-# the source), the only project-level grant here; and read on the source bucket, in case the project's
+# the source), one of the two project-level grants here (the other: the worker's conditional Firestore
+# role); and read on the source bucket, in case the project's
 # organisation trims the role.
 resource "google_project_iam_member" "build_account_builds" {
   #checkov:skip=CKV_GCP_49:Cloud Build's own role (documented for a custom build account); it acts as no other account

@@ -163,7 +163,7 @@ variable "build_service_account" {
 }
 
 variable "kms_key_name" {
-  description = "Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K) that encrypts the three topics; null for Google-managed encryption. The Pub/Sub service agent is granted roles/cloudkms.cryptoKeyEncrypterDecrypter on it."
+  description = "Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K) that encrypts the topics (three, five with fan-out); null for Google-managed encryption. The Pub/Sub service agent is granted roles/cloudkms.cryptoKeyEncrypterDecrypter on it."
   type        = string
   default     = null
 

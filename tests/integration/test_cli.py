@@ -62,3 +62,24 @@ def test_summarize_exit_statuses(stack, bucket):
     status, lines = cli(stack, f"s3://{bucket}/", federate=True, GCE_METADATA_HOST="127.0.0.1:9",
                         GCE_METADATA_IP="127.0.0.1:9")
     assert status == 75 and json.loads(lines[0])["error"]["retryable"] is True
+
+
+def test_the_stacks_env_sh_is_enough_for_every_command(stack, bucket):
+    """What `./dev stack` exports in env.sh (cli_env) lets publish --wait, status and redrive reach the stack as the
+    function does: nothing else from this process's environment but PATH."""
+    from worker.cli import cli_env
+
+    env = {"PATH": "/usr/bin:/bin", **cli_env(stack)}
+    stack.put_objects(bucket, {"r/data.parquet": parquet_bytes(recipe_table())})
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "worker", *args], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    published = run("publish", "--bucket", bucket, "--prefix", "r/", "--job-id", "env-sh-1", "--wait",
+                    "--timeout", "90")
+    assert published.returncode == 0, published.stderr[-2000:]
+    assert json.loads(published.stdout)["rows"] == 3
+    for command in (["status", "no-such-run", "--once"], ["redrive", "no-such-run"]):
+        done = run(*command)
+        assert done.returncode == 2 and "no run 'no-such-run'" in done.stderr, (command, done.stderr[-2000:])

@@ -45,7 +45,7 @@ def retried(function) -> int:
 @pytest.fixture
 def behind_proxy(stack, bucket):
     """A function whose AWS endpoint (STS and S3) is a fault-injecting proxy in front of moto, fed by
-    its own push subscription with a short retry backoff."""
+    its own push subscription (with no retry policy: the emulator redelivers at once)."""
     stack.put_objects(bucket, {"x.parquet": parquet_bytes(recipe_table())})
     proxy = RecordingProxy(stack.aws_endpoint).start()
     name = f"faults-{uuid.uuid4().hex[:6]}"

@@ -26,3 +26,16 @@ def test_table_of_an_error_lists_the_problems():
 def test_parser_defaults():
     args = build_parser().parse_args(["summarize", "s3://b/p"])
     assert (args.mode, args.columns, args.job_id) == ("metadata", None, None)
+
+
+def test_publish_refuses_a_malformed_topic_before_publishing(monkeypatch, capsys):
+    """A topic path that is not projects/P/topics/T is exit 2 with a message, not a traceback; nothing is sent
+    (the emulator address points nowhere, so a publish attempt would fail differently)."""
+    from worker.cli import main
+
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:9")
+    monkeypatch.delenv("AWS_ROLE_ARN", raising=False)
+    for flags in (["--topic", "a/b"], ["--topic", "projects/p/topics/jobs", "--results-topic", "a/b", "--wait"]):
+        code = main(["publish", "--bucket", "demo-data", "--prefix", "recipe/", *flags])
+        assert code == 2, flags
+        assert "'a/b' is not a topic path" in capsys.readouterr().err

@@ -54,6 +54,9 @@ def test_a_short_topic_name_becomes_a_full_path_by_one_rule():
     assert topic_path("projects/other/topics/t", "proj") == "projects/other/topics/t"
     with pytest.raises(ValueError, match="short name"):
         topic_path("results", None)
+    for malformed in ("a/b", "projects/p/topics/", "projects/p/subscriptions/s", "projects/p/topics/t/x"):
+        with pytest.raises(ValueError, match="not a topic path"):
+            topic_path(malformed, "proj")
     s = Settings.from_env(GOOD | {"GOOGLE_CLOUD_PROJECT": "proj", "REPLY_TOPIC": "results", "PARTIALS_BUCKET": "parts",
                                   "SHARD_TOPIC": "shards", "SHARD_DEAD_LETTER_TOPIC": "dead",
                                   "ALLOWED_REPLY_TOPICS": "stage-2,projects/x/topics/y"})
