@@ -35,7 +35,7 @@ from worker.devstack.burst import BurstReport, run_burst
 from worker.devstack.datasets import sample_objects
 from worker.devstack.stack import LocalStack
 
-# What the README recommends (see there): concurrency for metadata jobs, and attempts x backoff that
+# What docs/deploy.md recommends (see there): concurrency for metadata jobs, and attempts x backoff that
 # outlast a burst's drain time with margin.
 RECOMMENDED = {"concurrency": 8, "max_delivery_attempts": 30, "minimum_backoff_s": 10, "maximum_backoff_s": 600}
 

@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another checkout (git worktree) whose function runs the same "
                         "bursts, interleaved with this one's, for a side-by-side comparison")
     args = parser.parse_args()
+    header = provenance()  # before the run: the commit measured, even if the tree changes meanwhile
     with LocalStack(Path(tempfile.mkdtemp(prefix="bench-load-")), allowed_buckets="demo-data") as stack:
         stack.put_objects("demo-data", sample_objects())
         if args.warmup:
@@ -152,13 +153,13 @@ def main() -> None:
         sources = [None] if args.baseline is None else [args.baseline.resolve() / "main.py", None]
         rows = [one_burst(stack, n, args.jobs, args.prefix, args.s3_fail_rate, source)
                 for n in args.instances for source in sources]
-    print("\n".join(provenance()))  # a figure without its command, commit and date cannot be pasted
+    print("\n".join(header))  # a figure without its command, commit and date cannot be pasted
     print(f"burst of {args.jobs} jobs on s3://demo-data/{args.prefix}, S3 fail rate {args.s3_fail_rate:.0%}, "
           f"{os.cpu_count()} cores; latency = publish -> result pulled (ms)")
-    header = ["code", "instances", "answered", "lost", "duplicates", "ok", "jobs/s", "p50", "p95", "p99",
+    columns = ["code", "instances", "answered", "lost", "duplicates", "ok", "jobs/s", "p50", "p95", "p99",
               "peak RSS MiB", "STS calls", "redelivered", "S3 GETs", "503s injected"]
-    print(" | ".join(header))
-    print(" | ".join("---" for _ in header))
+    print(" | ".join(columns))
+    print(" | ".join("---" for _ in columns))
     for r in rows:
         print(" | ".join(str(x) for x in (
             r["code"], r["instances"], r["answered"], r["lost"], r["duplicates"], r["ok"], f"{r['jobs_per_s']:.1f}",

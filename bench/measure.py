@@ -23,19 +23,37 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def commit() -> str:
-    """The short commit, with "+dirty" when the work tree has changes."""
+    """The short commit, with "+uncommitted changes (paths)" when the work tree differs from it."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                           check=False).stdout.strip() or os.environ.get("BENCH_COMMIT", "unknown (not a git checkout)")
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
-                           check=False).stdout.strip()
-    return head + ("+dirty" if dirty else "")
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
+                            check=False).stdout.splitlines()
+    if not status:
+        return head
+    paths = [line[3:] for line in status]
+    shown = ", ".join(paths[:6]) + (f" and {len(paths) - 6} more" if len(paths) > 6 else "")
+    return f"{head}+uncommitted changes ({shown})"
+
+
+def command() -> str:
+    """The command line as typed from the repository root: the interpreter as invoked, then sys.argv."""
+    python = Path(sys.executable)
+    if python.is_relative_to(ROOT):  # .venv/bin/python, not the bare name: which interpreter ran it
+        python = python.relative_to(ROOT)
+    return shlex.join([str(python), *sys.argv])
 
 
 def provenance(note: str = "") -> list[str]:
-    """The lines a printed table starts with: the command, the commit and the date it came from."""
-    lines = [f"command: {shlex.join([Path(sys.executable).name, *sys.argv])}",
+    """The lines a printed table starts with: the command, the commit and the date it came from, and how
+    busy the machine was when it started (figures from a shared machine are only comparable side by side).
+
+    Call it before the run starts, so that the commit is the one measured even if the tree changes meanwhile.
+    """
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    lines = [f"command: {command()}",
              f"commit: {commit()}",
-             f"date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}"]
+             f"date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+             f"machine: {os.cpu_count()} cores, load average {load} (1, 5, 15 min) at the start"]
     return lines + ([note] if note else [])
 
 

@@ -162,7 +162,8 @@ def main() -> None:
     print_table(header, rows_out, args.repeat)
     if hostile is not None:
         print()
-        hostile_bench.print_table(["hostile files, the worker's defaults, each run one whole process"], hostile)
+        hostile_bench.print_table([*header, "hostile files, the worker's defaults, each run one whole process"],
+                                  hostile)
 
 
 def print_table(header: list[str], rows: list[dict], repeat: int) -> None:
@@ -178,7 +179,7 @@ def print_table(header: list[str], rows: list[dict], repeat: int) -> None:
         right = "yes" if r["right"] else f"no (expected {r['expected'][0]:,} x {r['expected'][1]})"
         inside = "-" if r["inside"] is None else f"{r['inside']:.2f}"
         print(f"{r['dataset']} | {r['tool']} | {r['seconds']:.2f} | {inside} | {r['rss']:.0f} | {rows_cell} | "
-              f"{cols_cell} | {right} | {r['note']}")
+              f"{cols_cell} | {right} | {r['note']}".rstrip())  # no trailing blank when there is no note
     by = {(r["dataset"], r["tool"]): r for r in rows}
     print()
     print("ratios (time; lower is better for the worker) | value")

@@ -53,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=40)
     args = parser.parse_args()
+    header = provenance()  # before the run: the commit measured, even if the tree changes meanwhile
     rows = []
     with LocalStack(Path(tempfile.mkdtemp(prefix="bench-warm-"))) as stack:
         stack.put_objects("demo-data", sample_objects())
@@ -83,12 +84,12 @@ def main() -> None:
             cpu_http = (group_cpu_seconds(stack.fn_http.process.pid) - cpu0) * 1000 / args.jobs
             rows.append((label, statistics.median(inside), pct(inside, 0.95), statistics.median(e2e), pct(e2e, 0.95),
                          cpu_push, statistics.median(http), cpu_http, stack.sts_calls() - sts_before))
-    header = ("dataset", "in-fn p50", "in-fn p95", "push e2e p50", "push e2e p95", "push CPU/job",
+    columns = ("dataset", "in-fn p50", "in-fn p95", "push e2e p50", "push e2e p95", "push CPU/job",
               "http p50", "http CPU/job", "STS calls")
-    print("\n".join(provenance()))  # a figure without its command, commit and date cannot be pasted
+    print("\n".join(header))  # a figure without its command, commit and date cannot be pasted
     print(f"warm-instance cost per job, {args.jobs} sequential jobs per row (ms; CPU = function processes)")
-    print(" | ".join(header))
-    print(" | ".join("---" for _ in header))
+    print(" | ".join(columns))
+    print(" | ".join("---" for _ in columns))
     for row in rows:
         print(" | ".join([row[0], *(f"{v:.1f}" for v in row[1:-1]), str(row[-1])]))
 
