@@ -31,6 +31,9 @@ RESERVED_ATTRIBUTES = frozenset({"job_id", "status", "correlation_id", "source_m
 MAX_ATTRIBUTES = 100  # Pub/Sub's limit per message
 MAX_ATTRIBUTE_BYTES = 1024  # Pub/Sub's limit on an attribute value, in UTF-8 bytes
 MAX_PROBLEMS = 50  # problems listed in one invalid_job answer; the rest are counted
+# A job's own fields nest two levels (fan_out.mode, reply_attributes.k, columns[i]); anything far deeper is refused
+# before any code that recurses over values (jsonschema's checks and messages) sees it.
+MAX_NESTING = 8
 
 
 class _Routed:
@@ -194,7 +197,7 @@ def validate_job(payload: Any, *, message_id: str | None = None, attributes: Map
         ref = JobRef(job_id=fallback_id, message_id=message_id, attributes=attributes)
         raise InvalidJob(f"job must be a JSON object, not {_json_type(payload)}", ref)
     ref = _best_effort_ref(payload, fallback_id, message_id, attributes)
-    problems = _text_problems(payload)
+    problems = _text_problems(payload) + _nesting_problems(payload)
     if not problems:
         problems = _cheap_problems(payload)
         checked = {k: v for k, v in payload.items() if k != "columns"} if problems else payload
@@ -243,6 +246,25 @@ def _text_problems(payload: Any) -> list[str]:
             stack.extend((f"{where}.{i}", v) for i, v in enumerate(value))
         elif isinstance(value, str) and not _encodable(value):
             problems.append(f"{where}: not valid Unicode (it holds a lone surrogate such as \\ud800)")
+    return sorted(problems)
+
+
+def _nesting_problems(payload: dict) -> list[str]:
+    """Fields nested deeper than MAX_NESTING (walked without recursion: a value may nest as deep as the JSON
+    parser allows, and recursive code such as jsonschema's ``repr`` of it would exceed Python's stack)."""
+    problems = []
+    for name, value in payload.items():
+        stack = [(value, 1)]
+        while stack:
+            node, depth = stack.pop()
+            if depth > MAX_NESTING:
+                problems.append(f"{_echo(name) or 'a field'}: nested more than {MAX_NESTING} levels deep "
+                                "(a job's fields nest at most 2)")
+                break
+            if isinstance(node, dict):
+                stack.extend((v, depth + 1) for v in node.values())
+            elif isinstance(node, list):
+                stack.extend((v, depth + 1) for v in node)
     return sorted(problems)
 
 
@@ -353,7 +375,8 @@ def _best_effort_ref(payload: dict, fallback_id: str, message_id: str | None, at
     if not valid_id(correlation_id, "correlation_id"):
         correlation_id = None
     reply_attributes = payload.get("reply_attributes")
-    if (_text_problems(reply_attributes) or _attribute_problems(reply_attributes)
+    if (not isinstance(reply_attributes, dict) or not all(isinstance(v, str) for v in reply_attributes.values())
+            or _text_problems(reply_attributes) or _attribute_problems(reply_attributes)
             or not _validator().is_valid({"bucket": "abc", "prefix": "", "reply_attributes": reply_attributes})):
         reply_attributes = {}
     mode = payload.get("mode", "metadata")

@@ -293,8 +293,9 @@ class ColumnProfile:
         return out
 
     def _mean_stddev(self, unrendered: dict[str, str]) -> tuple[Any, Any]:
-        # Over the non-NaN values, as pyarrow.compute.mean and stddev(ddof=1) give them: an infinity
-        # makes the mean infinite (NaN with both signs) and the deviation NaN.
+        # Over the non-NaN values, by the rule of real arithmetic: an infinity makes the mean infinite (NaN with
+        # both signs) and the deviation NaN. pyarrow.compute.mean agrees except where the finite values' float
+        # sum overflows to the other infinity ([inf, -1e308, -1e308]: NaN there, inf here).
         values = self.count - self.nan_count
         up = isinstance(self.max, float) and self.max == math.inf
         down = isinstance(self.min, float) and self.min == -math.inf

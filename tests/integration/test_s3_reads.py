@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.unit.reaching import Branches
 from worker.adapters.aws import AwsStorage
 from worker.devstack.datasets import parquet_bytes, recipe_table
 from worker.devstack.processes import Service, free_port
@@ -137,11 +138,44 @@ def test_every_odd_key_is_listed_and_read_back_byte_for_byte(moto, admin_s3, buc
         assert objects.fetch(key, 4, size - 5) == key.encode(), key
 
 
+KEY_PIECES = ["/", ".", "..", "./", "../", "%", "%2e", "+", "?", "#", " ", "é", "a", "~", "&"]
+# Each key holds a dot segment, an escaped one, a bare percent sign, and a URL delimiter or an empty segment,
+# wherever they fall among the other pieces: keys of 1-12 pieces drawn alike held them rarely (3 dot
+# segments, no "%2e" in the 15 keys of a run).
+SPECIAL_PIECES = (["/./", "/../"], ["/%2e/", "/%2e%2e/"], ["%", "%%"], ["?", "#", "+", "//"])
+
+
+@st.composite
+def dot_and_escape_keys(draw) -> str:
+    pieces = draw(st.lists(st.sampled_from(KEY_PIECES), max_size=8))
+    for special in SPECIAL_PIECES:
+        pieces.insert(draw(st.integers(0, len(pieces))), draw(st.sampled_from(special)))
+    return "".join(pieces)
+
+
+def _what(key: str) -> set[str]:
+    """What a key holds that a URL or its path could read otherwise than as the key's own bytes."""
+    segments = set(key.split("/"))
+    found = {f"a dot segment: {kind}" for kind, dots in (("plain", {".", ".."}), ("escaped", {"%2e", "%2e%2e"}))
+             if dots & segments}
+    found.update(f"a %: {'escape' if key[i + 1:i + 3] == '2e' else 'bare'}" for i, c in enumerate(key) if c == "%")
+    found.update(f"a delimiter: {c}" for c in "?#+" if c in key)
+    if "//" in key or key.startswith("/"):
+        found.add("an empty segment")
+    return found
+
+
+KEYS = Branches(**{"a dot segment: plain": 5, "a dot segment: escaped": 5, "a %: bare": 5, "a delimiter": 3,
+                   "an empty segment": 2})
+
+
+@KEYS.checked
 @settings(max_examples=15, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.sampled_from(["/", ".", "..", "./", "../", "%", "%2e", "+", "?", "#", " ", "é", "a", "~", "&"]),
-                min_size=1, max_size=12).map("".join))
+@given(key=dot_and_escape_keys())
 def test_generated_dot_and_escape_keys_read_back(moto, admin_s3, bucket, storage_at, key):
+    for what in sorted(_what(key)):
+        KEYS.reached(what)
     admin_s3.put_object(Bucket=bucket, Key=key, Body=_body(key))  # botocore as the oracle of what the key is
     objects = storage_at(moto[0]).objects(bucket, "generated-keys")
     assert objects.fetch(key, 0, len(_body(key)) - 1) == _body(key)

@@ -212,11 +212,55 @@ def test_oversized_jobs_are_invalid(size):
     assert isinstance(got, InvalidJob) and "at most" in str(got)
 
 
-@settings(max_examples=10, deadline=None)
-@given(st.integers(min_value=100, max_value=100_000))
-def test_deep_nesting_is_invalid_not_a_crash(depth):
-    got = outcome(lambda: parse_job("[" * depth + "]" * depth))
+# Nesting refused for each of its three reasons: the parser takes it (the schema refuses it), it is deeper
+# than the parser goes (a RecursionError inside json), it is over the size limit. Depths drawn over the whole
+# span (st.integers(100, 100_000)) were mostly the first: 2-4 of 10 were too deep for the parser.
+NESTING = Branches(**{"parsed, then refused": 3, "nested too deeply": 3, "too many bytes": 3})
+nestings = st.tuples(st.sampled_from([("[", "]"), ('{"a": ', "}")]),
+                     st.integers(100, 600) | st.integers(2_000, 8_000) | st.integers(MAX_JOB_BYTES // 2 + 1, 100_000))
+
+
+@NESTING.checked
+@settings(max_examples=30, deadline=None)
+@given(nestings)
+def test_deep_nesting_is_invalid_not_a_crash(nesting):
+    (opener, closer), depth = nesting
+    got = outcome(lambda: parse_job(opener * depth + ("" if opener == "[" else "1") + closer * depth))
     assert isinstance(got, InvalidJob)
+    NESTING.reached("too many bytes" if "at most" in str(got) else
+                    "nested too deeply" if "nested too deeply" in str(got) else "parsed, then refused")
+
+
+def _deepest_json(opener: str, closer: str) -> int:
+    """The deepest nesting json.loads takes when called from here (it depends on the stack in use)."""
+    low, high = 1, 10_000
+    while low < high:
+        depth = (low + high + 1) // 2
+        try:
+            json.loads(opener * depth + "1" + closer * depth)
+            low = depth
+        except RecursionError:
+            high = depth - 1
+    return low
+
+
+def test_a_job_field_nested_just_short_of_the_parsers_limit_is_invalid_not_a_crash():
+    """A value nested a few levels less deeply than json.loads refuses parses; recursive code over it (jsonschema's
+    repr of the value in its message) used to raise RecursionError, answered internal. It is an invalid_job
+    naming the field, whether objects or arrays nest, at every depth from far below that limit to past it."""
+    for opener, closer in (('{"a": ', "}"), ("[", "]")):
+        deepest = _deepest_json(opener, closer)
+        for depth in [9, 50, *range(deepest - 12, deepest + 2)]:
+            for field in ("reply_attributes", "columns", "bucket", "fan_out"):
+                payload = {"bucket": "abc", "prefix": "", field: None}
+                body = json.dumps(payload).replace("null", opener * depth + "1" + closer * depth)
+                got = outcome(lambda body=body: parse_job(body, message_id="m-1"))
+                assert isinstance(got, InvalidJob), (field, depth, got)
+                named = [p for p in got.problems if p.startswith(f"{field}: nested more than")]
+                if depth < deepest - 12:  # parsed with room to spare: the field's nesting is what is refused
+                    assert named, got.problems
+                else:  # near the limit the parser (its depth depends on the caller's stack) may refuse it first
+                    assert named or got.problems == ["job JSON is nested too deeply"], got.problems
 
 
 def b64(body: bytes) -> str:

@@ -78,6 +78,11 @@ def test_the_first_split_covers_every_key_of_the_prefix_exactly_once(most, per_s
     assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
 
 
+SPLITS = Branches(**{"ranges: as many as ways": 20, "ranges: fewer than ways": 15, "sizes: unequal": 12,
+                     "ways: more than keys": 20, "bounded": 30, "unbounded": 30})
+
+
+@SPLITS.checked
 @settings(max_examples=200, deadline=None)
 @given(keys=st.lists(st.text(KEY_CHARS, min_size=1, max_size=5), min_size=1, max_size=40, unique=True),
        ways=st.integers(1, 6), bounded=st.booleans())
@@ -88,6 +93,11 @@ def test_unread_keys_split_into_ranges_that_hold_each_once(keys, ways, bounded):
     assert 1 <= len(ranges) <= ways
     held = [[k for k in keys if (a is None or k >= a) and (b is None or k < b)] for a, b in ranges]
     assert [k for part in held for k in part] == keys and all(held)
+    if len(ranges) > 1:  # a split: as many ranges as asked for, or fewer when the keys run out
+        SPLITS.reached(f"ranges: {'as many as' if len(ranges) == ways else 'fewer than'} ways")
+        SPLITS.reached(f"sizes: {'equal' if len({len(part) for part in held}) == 1 else 'unequal'}")
+    SPLITS.reached(f"ways: {'more than' if ways > len(keys) else 'at most'} keys")
+    SPLITS.reached("bounded" if bounded else "unbounded")
 
 
 # -- whole runs ---------------------------------------------------------------------------------------

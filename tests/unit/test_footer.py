@@ -1,6 +1,5 @@
 """The bounded footer reader against pyarrow's own reading of the same footers."""
 
-import contextlib
 import io
 
 import pyarrow as pa
@@ -8,6 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
+from thrift.protocol.TCompactProtocol import TCompactProtocol
+from thrift.Thrift import TType
+from thrift.transport.TTransport import TFileObjectTransport
 
 from worker.footer import FooterError, column_key, read_schema
 
@@ -45,10 +47,57 @@ def table_of(fields) -> pa.Table:
     return pa.table({name: pa.array([None, None], type=t) for name, t in fields})
 
 
+def schema_span(footer: bytes) -> tuple[int, int]:
+    """Where the schema (FileMetaData's field 2) lies in a well-formed footer: [start, end) in bytes, as
+    Thrift's pure-Python compact reader finds it (not the C decoder that read_schema uses)."""
+    data = io.BytesIO(footer)
+    protocol = TCompactProtocol(TFileObjectTransport(data))
+    protocol.readStructBegin()
+    while True:
+        _, field_type, field_id = protocol.readFieldBegin()
+        assert field_type != TType.STOP, "no schema"
+        start = data.tell()
+        protocol.skip(field_type)
+        protocol.readFieldEnd()
+        if field_id == 2:
+            return start, data.tell()
+
+
+def _shapes(arrow_type: pa.DataType, found: set[str]) -> set[str]:
+    """The nested kinds inside an Arrow type, and the names of its structs' fields (as "name: ...")."""
+    if pa.types.is_map(arrow_type):
+        found.add("nested: map")
+        _shapes(arrow_type.item_type, found)
+    elif pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        found.add(f"nested: {'large_list' if pa.types.is_large_list(arrow_type) else 'list'}")
+        _shapes(arrow_type.value_type, found)
+    elif pa.types.is_struct(arrow_type):
+        found.add("nested: struct")
+        for field in arrow_type:
+            found.add(f"name: {field.name}")
+            _shapes(field.type, found)
+    return found
+
+
+LEAVES = Branches(**{"nested: map": 10, "nested: list": 10, "nested: large_list": 10, "nested: struct": 10,
+                     "a name with . or \\": 10, "a name Parquet gives its own levels": 7})
+
+
+@LEAVES.checked
 @seed(10)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(SCHEMAS)
 def test_leaf_paths_and_count_are_pyarrows(fields):
+    found = set()
+    for name, arrow_type in fields:
+        _shapes(arrow_type, found).add(f"name: {name}")
+    names = {label.removeprefix("name: ") for label in found if label.startswith("name: ")}
+    for label in sorted(label for label in found if label.startswith("nested: ")):
+        LEAVES.reached(label)
+    if any("." in n or "\\" in n for n in names):
+        LEAVES.reached("a name with . or \\")
+    if names & {"list", "element", "key", "value"}:  # the names of the levels Parquet adds for lists and maps
+        LEAVES.reached("a name Parquet gives its own levels")
     footer, md = footer_of(table_of(fields))
     shape = read_schema(footer)
     assert len(shape.leaves) == md.num_columns
@@ -59,12 +108,18 @@ def test_leaf_paths_and_count_are_pyarrows(fields):
         f.name for f in md.schema.to_arrow_schema() if not pa.types.is_nested(f.type)]
 
 
+TRUNCATED = Branches(**{"cut: inside the schema": 5, "cut: after the schema": 5})
+
+
+@TRUNCATED.checked
 @seed(11)
 @settings(max_examples=40, deadline=None)
 @given(SCHEMAS, st.data())
 def test_truncated_footers_are_refused(fields, data):
     footer, _ = footer_of(table_of(fields))
     cut = data.draw(st.integers(0, len(footer) - 1))
+    start, end = schema_span(footer)
+    TRUNCATED.reached(f"cut: {'before' if cut <= start else 'inside' if cut < end else 'after'} the schema")
     with pytest.raises(FooterError):
         read_schema(footer[:cut])
 
@@ -94,16 +149,33 @@ def test_garbage_raises_footer_error_or_reads(garbage):
         GARBAGE.reached("reads")
 
 
+FLIPPED = Branches(**{"flips: in the schema": 25, "reads": 8, "reads: other leaves": 1,
+                      "refused: the schema's elements": 5})
+
+
+@FLIPPED.checked
 @seed(13)
 @settings(max_examples=100, deadline=None)
 @given(st.data())
 def test_flipped_bytes_never_escape_as_anything_else(data):
     footer, _ = footer_of(pa.table({"a": [1], "s": pa.array([{"x": [1.0]}])}))
     broken = bytearray(footer)
+    # the schema is a tenth of this footer (the rest is row-group metadata the decoder skips): half the flips
+    # go into it (drawn anywhere, one example in five changed a byte of the schema)
+    start, end = schema_span(footer)
+    where = set()
     for _ in range(data.draw(st.integers(1, 4))):
-        broken[data.draw(st.integers(0, len(broken) - 1))] = data.draw(st.integers(0, 255))
-    with contextlib.suppress(FooterError):
-        read_schema(bytes(broken))
+        i = data.draw(st.integers(start, end - 1) | st.integers(0, len(broken) - 1))
+        where.add("in the schema" if start <= i < end else "elsewhere")
+        broken[i] = data.draw(st.integers(0, 255))
+    FLIPPED.reached(f"flips: {'in the schema' if 'in the schema' in where else 'elsewhere only'}")
+    try:  # any other exception, or a hang, fails
+        leaves = read_schema(bytes(broken)).leaves
+    except FooterError as e:
+        FLIPPED.reached("refused: corrupt Thrift" if str(e).startswith("corrupt footer") else
+                        "refused: no schema" if "has no schema" in str(e) else "refused: the schema's elements")
+    else:
+        FLIPPED.reached(f"reads: {'the same' if leaves == read_schema(footer).leaves else 'other'} leaves")
 
 
 def test_a_huge_claimed_container_is_refused_without_allocating():

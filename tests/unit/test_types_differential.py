@@ -6,6 +6,8 @@ dictionary, null, nested), writes them with pyarrow.parquet as several files of 
 and summarizes them in metadata mode (footers) and full mode (data). The figures are held against
 pyarrow.compute over the same data, numpy's datetime formatting, Python's uuid/base64 and the
 ``statistics`` module (exact rational means and deviations); never against the project's own code.
+Each test counts the branches its checks took (tests/unit/reaching.py) and fails unless, in its own run,
+every type had values and every edge above was reached.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from hypothesis import strategies as st
 from worker.profile import ColumnProfile, profile_object
 from worker.summary import Summary, summarize_object
 
+from .reaching import Branches
 from .support import Ranged
 
 # No shrinking: a failing example of ~50 columns shrinks for minutes; the seed reproduces it.
@@ -44,7 +47,18 @@ I64 = (-(2**63), 2**63 - 1)
 
 def _ints(bits: int, signed: bool):
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    return _ends(low, high)
+
+
+def _ends(low: int, high: int):
+    """Any integer from low to high, and the two ends themselves (st.integers alone almost never gives them)."""
     return st.one_of(st.sampled_from([low, high, 0]), st.integers(low, high))
+
+
+def _narrow_floats(width: int, largest: float):
+    # bounded: st.floats(width=16) draws float64 values and rejects the whole table when one overflows
+    # float16 (40-75% of tables were rejected); the infinities and NaNs come from the sampled edges
+    return st.floats(-largest, largest, width=width)
 
 
 _EDGE_FLOATS = [math.nan, math.inf, -math.inf, 0.0, -0.0, 1e308, -1e308, 5e-324, 2.2250738585072014e-308]
@@ -57,11 +71,14 @@ _STRING_BYTES = st.one_of(_TEXT.map(lambda s: s.encode()), st.sampled_from([b"\x
 COLUMNS = {
     **{f"{'i' if s else 'u'}{b}": (getattr(pa, f"{'' if s else 'u'}int{b}")(), _ints(b, s))
        for b in (8, 16, 32, 64) for s in (True, False)},
-    "f16": (pa.float16(), st.one_of(st.sampled_from([math.nan, math.inf, -0.0, 65504.0, 6e-08]), st.floats(width=16))),
-    "f32": (pa.float32(), st.one_of(st.sampled_from([math.nan, -math.inf, 3.4028234663852886e38]),
-                                    st.floats(width=32))),
+    "f16": (pa.float16(), st.one_of(st.sampled_from([math.nan, -math.nan, math.inf, -math.inf, -0.0, 65504.0, 6e-08]),
+                                    _narrow_floats(16, 65504.0))),
+    "f32": (pa.float32(), st.one_of(st.sampled_from([math.nan, math.inf, -math.inf, 3.4028234663852886e38]),
+                                    _narrow_floats(32, 3.4028234663852886e38))),
     "f64": (pa.float64(), st.one_of(st.sampled_from(_EDGE_FLOATS), st.floats())),
     "big": (pa.float64(), st.sampled_from([1e308, 1.5e308, -1e308, 7e307])),  # finite, the mean overflows a sum
+    # finite, the deviation overflows a float
+    "huge": (pa.float64(), st.sampled_from([1.7976931348623157e308, -1.7976931348623157e308])),
     "d9": (pa.decimal128(9, 2), st.integers(-(10**9) + 1, 10**9 - 1)),
     "d38": (pa.decimal128(38, 6), st.integers(-(10**38) + 1, 10**38 - 1)),
     "d76": (pa.decimal256(76, 10), st.integers(-(10**76) + 1, 10**76 - 1)),
@@ -74,11 +91,11 @@ COLUMNS = {
     "t64us": (pa.time64("us"), st.integers(0, 86_399_999_999)),
     "t64ns": (pa.time64("ns"), st.integers(0, 86_399_999_999_999)),
     # seconds are written as milliseconds: keep them inside int64 after the * 1000
-    "ts_s": (pa.timestamp("s"), st.integers(-(I64[1] // 1000), I64[1] // 1000)),
-    "ts_ms_tz": (pa.timestamp("ms", "Asia/Kolkata"), st.integers(*I64)),
-    "ts_us": (pa.timestamp("us"), st.integers(*I64)),
-    "ts_ns_utc": (pa.timestamp("ns", "UTC"), st.integers(*I64)),
-    **{f"dur_{u}": (pa.duration(u), st.integers(*I64)) for u in ("s", "ms", "us", "ns")},
+    "ts_s": (pa.timestamp("s"), _ends(-(I64[1] // 1000), I64[1] // 1000)),
+    "ts_ms_tz": (pa.timestamp("ms", "Asia/Kolkata"), _ends(*I64)),
+    "ts_us": (pa.timestamp("us"), _ends(*I64)),
+    "ts_ns_utc": (pa.timestamp("ns", "UTC"), _ends(*I64)),
+    **{f"dur_{u}": (pa.duration(u), _ends(*I64)) for u in ("s", "ms", "us", "ns")},
     "str": (pa.string(), _STRING_BYTES),
     "lstr": (pa.large_string(), _STRING_BYTES),
     "vstr": (pa.string_view(), _STRING_BYTES),
@@ -114,14 +131,17 @@ def _array(arrow_type: pa.DataType, values: list) -> pa.Array:
 
 @st.composite
 def tables(draw) -> list[pa.Table]:
-    rows = draw(st.integers(1, 24))
+    rows = draw(st.integers(1, 12))
+    # a few columns of only nulls (no bounds, no moments), whatever the table's size; the others with or
+    # without nulls, so that each type has values in most tables
+    only_nulls = draw(st.sets(st.sampled_from(list(COLUMNS)), max_size=3))
     columns = {}
     for name, (arrow_type, values) in COLUMNS.items():
-        nulls = st.none() if name != "null" else values
-        columns[name] = _array(arrow_type, draw(st.lists(st.one_of(nulls, values) if name != "null" else nulls,
-                                                         min_size=rows, max_size=rows)))
+        cells = st.none() if name in only_nulls else st.none() | values if draw(st.booleans()) else values
+        columns[name] = _array(arrow_type, draw(st.lists(cells, min_size=rows, max_size=rows)))
     table = pa.table(columns)
-    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, rows - 1)), max_size=2)))) if rows > 1 else []
+    # two or three files whenever there are two rows (max_size=2 alone left most tables one file)
+    cuts = sorted(set(draw(st.lists(st.integers(1, rows - 1), min_size=1, max_size=2)))) if rows > 1 else []
     return [table.slice(a, b - a) for a, b in zip([0, *cuts], [*cuts, rows], strict=True)]
 
 
@@ -208,48 +228,50 @@ def _expected_bound(column: pa.ChunkedArray, which: str):
     raise AssertionError(f"no oracle for {t}")
 
 
-def _check_bound(ours, extra: dict, kind: str, expected, which: str, where: str) -> None:
+def _check_bound(ours, extra: dict, kind: str, expected, which: str, where: str) -> str:
+    """Hold one bound against the oracle's; the branch it took, for the test's count."""
     unrendered = extra.get("unrendered", {})
     truncated = extra.get("truncated", [])
     if kind == "exact":
         assert ours == expected, where
-        return
+        return "exact"
     if kind == "time":
         assert ours == expected, where
-        return
+        return "exact"
     if kind == "iso":
         text, suffix = expected
         assert ours is not None and ours.endswith(suffix), where
         assert _iso(ours[:len(ours) - len(suffix)] if suffix else ours) == _iso(text), where
         if 1 <= _iso(text)[0] <= 9999:
             assert ours == text + suffix, where  # the plain form inside 0001..9999
-        return
+            return "inside 0001-9999"
+        return "outside 0001-9999"
     if expected is None:
         assert ours is None and which not in unrendered, where
-        return
+        return "none"
     if kind == "text":
         try:
             text = expected.decode("utf-8")
         except UnicodeDecodeError:
             if len(expected) <= LIMIT or which not in truncated:
                 assert ours is None and unrendered[which] == "not valid UTF-8", where
-                return
+                return "invalid UTF-8"
             text = None
         if len(expected) <= LIMIT:
             assert ours == text and which not in truncated, where
-            return
+            return "exact"
         if ours is None:  # no shorter upper bound than code points U+10FFFF
             assert which == "max" and which in unrendered and set(text[:LIMIT // 4]) == {"\U0010ffff"}, where
-            return
+            return "no shorter bound"
         assert len(ours.encode()) <= LIMIT and which in truncated, where
         value = ours.encode()
     else:
         if len(expected) <= LIMIT:
             assert ours == "base64:" + base64.b64encode(expected).decode() and which not in truncated, where
-            return
+            return "exact"
         if ours is None:  # no shorter upper bound than 128 bytes of 0xFF
             assert which == "max" and which in unrendered and set(expected[:LIMIT]) == {0xFF}, where
-            return
+            return "no shorter bound"
         assert ours.startswith("base64:") and which in truncated, where
         value = base64.b64decode(ours[7:])
         assert len(value) <= LIMIT, where
@@ -258,6 +280,7 @@ def _check_bound(ours, extra: dict, kind: str, expected, which: str, where: str)
         assert expected.startswith(value), where
     else:
         assert value > expected, where
+    return "shortened"
 
 
 def _numbers(column: pa.ChunkedArray) -> list:
@@ -271,7 +294,8 @@ def _numbers(column: pa.ChunkedArray) -> list:
     return [v for v in column.cast(pa.float64()).to_pylist() if v is not None and not math.isnan(v)]
 
 
-def _check_moments(profile: dict, column: pa.ChunkedArray, name: str) -> None:
+def _check_moments(profile: dict, column: pa.ChunkedArray, name: str) -> list[str]:
+    """Hold mean and deviation against exact rationals; the branches it took, for the test's count."""
     values = _numbers(column)
     floats = [float(v) for v in values]
     scale = max((abs(v) for v in floats if math.isfinite(v)), default=0.0)
@@ -280,31 +304,39 @@ def _check_moments(profile: dict, column: pa.ChunkedArray, name: str) -> None:
         assert profile["nan_count"] == (pc.sum(pc.is_nan(column.cast(pa.float64()))).as_py() or 0), name
     if not values:
         assert profile["mean"] is None and profile["stddev"] is None, name
-        return
-    if infinite:  # pyarrow.compute's answer: infinite mean, NaN deviation
-        mean = pc.mean(pa.array(floats)).as_py()
-        assert profile["mean"] == ("NaN" if math.isnan(mean) else "Infinity" if mean > 0 else "-Infinity"), name
+        return ["no values"]
+    if infinite:  # the mean is the infinity (NaN with both signs), the deviation NaN
+        # not pyarrow.compute's mean: that is NaN when the finite values' float sum overflows to the other
+        # infinity ([inf, -1e308, -1e308]), though inf plus any finite number is inf
+        signs = {v > 0 for v in infinite}
+        assert profile["mean"] == ("NaN" if len(signs) == 2 else "Infinity" if True in signs else "-Infinity"), name
         assert profile["stddev"] == ("NaN" if len(values) > 1 else None), name
-        return
+        return ["infinite values"]
     # statistics computes in exact rationals: the truth, even where a float sum overflows
     exact_mean = statistics.mean(values)
     assert profile["mean"] == pytest.approx(float(exact_mean), rel=1e-9, abs=1e-12 * scale), name
+    reached = ["the mean overflows a float sum"] if math.isinf(sum(floats)) else []
     if len(values) < 2:
         assert profile["stddev"] is None, name
-        return
+        return [*reached, "one value"]
     try:
         exact = statistics.stdev(values)
     except OverflowError:
         exact = math.inf
     if not math.isfinite(float(exact)):
         assert profile["stddev"] is None and "stddev" in profile["unrendered"], name
-    else:
-        assert profile["stddev"] == pytest.approx(float(exact), rel=1e-7, abs=1e-12 * scale), name
+        return [*reached, "the deviation overflows a float"]
+    assert profile["stddev"] == pytest.approx(float(exact), rel=1e-7, abs=1e-12 * scale), name
+    return [*reached, "finite"]
 
 
-def _check(parts: list[pa.Table]) -> None:
+def _check(parts: list[pa.Table]) -> set[str]:
+    """Both modes' figures against the oracle's; the branches the checks took, for the test's count."""
     meta, full, data = _both_modes(parts)
     rows = data.num_rows
+    reached = {f"files: {'several' if len(parts) > 1 else 'one'}"}
+    if any(len(part) > 1 for part in parts):
+        reached.add("row groups: several in a file")
     assert meta["rows"] == full["rows"] == rows
     for result in (meta, full):  # strict JSON, valid UTF-8, and the documented shape
         json.dumps(result, allow_nan=False, ensure_ascii=False).encode("utf-8", "strict")
@@ -314,6 +346,8 @@ def _check(parts: list[pa.Table]) -> None:
         column, profile = data.column(name), full["profile"][name]
         assert profile["count"] == pc.count(column).as_py() if name != "null" else profile["count"] == 0, name
         assert profile["null_count"] == column.null_count, name
+        if name != "null":
+            reached.add(f"values: {name}" if profile["count"] else "a column of only nulls")
         if name == "null":
             assert profile["kind"] == "null" and meta["statistics"]["null"]["null_count"] == rows
             continue
@@ -324,16 +358,21 @@ def _check(parts: list[pa.Table]) -> None:
         assert stats["null_count"] == column.null_count, name
         for which in ("min", "max"):
             kind, expected = _expected_bound(column, which)
-            _check_bound(profile[which], profile, kind, expected, which, f"full {name} {which}")
+            branch = _check_bound(profile[which], profile, kind, expected, which, f"full {name} {which}")
+            if kind != "exact":
+                reached.add(f"{kind} bound: {branch}: {which}")
             if stats[which] is None and profile.get("nan_count"):
+                reached.add("footer: no bounds for a row group of NaN and nulls")
                 continue  # Arrow records no bounds for a row group of NaN and nulls: the footer has none
             _check_bound(stats[which], stats, kind, expected, which, f"metadata {name} {which}")
         # both modes agree wherever both render
         for which in ("min", "max"):
             if stats[which] is not None:
                 assert stats[which] == profile[which], (name, which)
+        if profile.get("nan_count"):
+            reached.add("floats: NaN")
         if profile["kind"] == "numeric":
-            _check_moments(profile, column, name)
+            reached.update(f"moments: {branch}" for branch in _check_moments(profile, column, name))
     child = data.column("st").combine_chunks()
     elements = data.column("lst").combine_chunks().flatten()
     for leaf, values in (("st.x", child.field("x")), ("lst.list.element", elements)):
@@ -341,16 +380,36 @@ def _check(parts: list[pa.Table]) -> None:
         if meta["statistics"][leaf]["min"] is not None or bounds["min"].as_py() is None:
             assert meta["statistics"][leaf]["min"] == bounds["min"].as_py(), leaf
             assert meta["statistics"][leaf]["max"] == bounds["max"].as_py(), leaf
+            if bounds["min"].as_py() is not None:
+                reached.add(f"nested leaf bounds: {leaf}")
+    return reached
 
 
+# Each type with values, and each edge the oracle has a branch for, in the test's own run of 20 tables
+ORACLE = Branches(**{f"values: {name}": 4 for name in COLUMNS if name != "null"}, **{
+    "a column of only nulls": 4, "files: several": 3, "row groups: several in a file": 4, "floats: NaN": 4,
+    "footer: no bounds for a row group of NaN and nulls": 2, "moments: infinite values": 4,
+    "moments: the mean overflows a float sum": 5, "moments: the deviation overflows a float": 2,
+    "iso bound: outside 0001-9999": 5, "text bound: invalid UTF-8": 5, "text bound: shortened": 5,
+    "text bound: no shorter bound": 1, "bytes bound: shortened": 1, "bytes bound: no shorter bound": 5,
+    "nested leaf bounds: st.x": 4, "nested leaf bounds: lst.list.element": 4})
+
+
+@ORACLE.checked
 @seed(20260110)
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), phases=_PHASES,
           database=None)
 @given(tables())
 def test_both_modes_agree_with_the_oracle_for_every_type(parts):
-    _check(parts)
+    for branch in sorted(_check(parts)):
+        ORACLE.reached(branch)
 
 
+SLICED = ("i64", "u64", "f64", "big", "d76", "ts_ns_utc", "dur_ns", "str", "vstr", "fsb", "uuid", "null")
+SLICES = Branches(**{f"cut between values: {name}": 3 for name in SLICED if name != "null"})
+
+
+@SLICES.checked
 @seed(7)
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), phases=_PHASES,
           database=None)
@@ -358,12 +417,18 @@ def test_both_modes_agree_with_the_oracle_for_every_type(parts):
 def test_profiles_of_slices_merge_to_the_profile_of_the_whole(parts, data):
     # full mode reads record batches: any slicing must give the same exact figures
     table = pa.concat_tables(parts)
-    for name in ("i64", "u64", "f64", "big", "d76", "ts_ns_utc", "dur_ns", "str", "vstr", "fsb", "uuid", "null"):
+    for name in SLICED:
         column = table.column(name)
         whole = ColumnProfile.of_array(column).to_dict()
-        cut = data.draw(st.integers(0, len(column)))
-        merged = ColumnProfile.of_array(column.slice(0, cut))
-        merged.absorb(ColumnProfile.of_array(column.slice(cut)))
+        # a cut inside the column (st.integers(0, len) gave an end half the time); the empty slices at both
+        # ends are merged as well, so an empty batch's profile both absorbs and is absorbed
+        cut = data.draw(st.integers(1, max(1, len(column) - 1)))
+        left, right = column.slice(0, cut), column.slice(cut)
+        merged = ColumnProfile.of_array(column.slice(0, 0))
+        for piece in (left, right, column.slice(len(column))):
+            merged.absorb(ColumnProfile.of_array(piece))
+        values_on_both_sides = left.null_count < len(left) and right.null_count < len(right)
+        SLICES.reached(f"cut {'between values' if values_on_both_sides else 'with no values on a side'}: {name}")
         got = merged.to_dict()
         for figure in ("count", "null_count", "nan_count", "min", "max", "unrendered", "truncated"):
             assert got.get(figure) == whole.get(figure), (name, figure)
