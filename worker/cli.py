@@ -39,7 +39,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _stop_on_signals()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="worker-demo-"))
-    _say(f"starting the local stack (Pub/Sub emulator, moto, metadata double, function); logs in {workdir}")
+    _say("starting the local stack (Pub/Sub and Firestore emulators, fake-gcs-server, moto, metadata double, "
+         f"function); logs in {workdir}")
     started = time.monotonic()
     try:
         with LocalStack(workdir) as stack:

@@ -9,8 +9,10 @@ with an ``internal`` error result that names an incident in the log.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -167,7 +169,7 @@ class Worker:
                     "topic": topic, "message_id": event_id}})
                 return None
             self._handle_shard(*shard, dead=topic == self.settings.shard_dead_letter_topic,
-                               published=_publish_time_of(data))
+                               published=_sent_at_of(data))
             return None
         result, job = self._result_of(
             lambda: job_from_pubsub(data, event_id, time_zone=self.settings.template_time_zone),
@@ -375,7 +377,7 @@ class Worker:
             self._merge_if_left(run, shard_id)
             return
         if dead and published is not None and published < shard.dispatched_at - 1.0:
-            # A dead letter of an earlier dispatch (before a redrive): the shard has been sent out again since.
+            # A dead letter of a copy sent before the shard's last dispatch (a redrive): it has been sent again since.
             log.warning("stale dead letter of a redriven shard: dropped",
                         extra={"fields": {"run_id": run_id, "shard_id": shard_id}})
             return
@@ -726,14 +728,20 @@ def _shard_of(data: Any) -> tuple[str, str] | None:
     return run_id, shard_id
 
 
-def _publish_time_of(data: Any) -> float | None:
-    """When a message was published (a dead-lettered copy: when it was dead-lettered), as a Unix time."""
+def _sent_at_of(data: Any) -> float | None:
+    """When a shard message's copy was first sent, as a Unix time: its ``sent_at`` attribute, which a dead-lettered
+    copy keeps, else its publish time (a dead-lettered copy's: when it was dead-lettered)."""
     from worker.jobs import parse_time
 
     try:
-        text = data["message"].get("publishTime") or data["message"].get("publish_time")
+        message = data["message"]
+        sent_at = (message.get("attributes") or {}).get("sent_at")
+        text = message.get("publishTime") or message.get("publish_time")
     except (KeyError, TypeError, AttributeError):
         return None
+    with contextlib.suppress(TypeError, ValueError):
+        if math.isfinite(at := float(sent_at)):
+            return at
     at = parse_time(text) if isinstance(text, str) else None
     return at.timestamp() if at is not None else None
 

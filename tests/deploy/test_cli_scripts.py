@@ -3,6 +3,7 @@ the same as Terraform's; a missing prerequisite stops it with a clear message be
 whole script, run against stand-ins for gcloud and aws that record their calls (fake_cloud.py), makes what
 Terraform makes for fan-out, and nothing a second time."""
 
+import functools
 import json
 import os
 import re
@@ -113,12 +114,17 @@ def test_every_gcloud_command_of_the_script_exists_with_its_flags():
     assert_gcloud_has(commands)
 
 
+@functools.cache
+def help_of(path: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """``gcloud PATH --help`` of the installed gcloud, asked once per session (a second each). Help needs no
+    credentials: gcloud is told not to probe for a GCE metadata server first (its timeout was most of the wait)."""
+    return subprocess.run(["gcloud", *path, "--help"], capture_output=True, text=True, timeout=120,
+                          env=os.environ | {"PAGER": "cat", "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+                                            "CLOUDSDK_CORE_CHECK_GCE_METADATA": "false"})
+
+
 def assert_gcloud_has(commands: dict[tuple[str, ...], set[str]]) -> None:
     """Each gcloud command (its words) exists, with each of its flags, in the installed gcloud's help."""
-    def help_of(path: tuple[str, ...]) -> subprocess.CompletedProcess:
-        return subprocess.run(["gcloud", *path, "--help"], capture_output=True, text=True, timeout=120,
-                              env=os.environ | {"PAGER": "cat", "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"})
-
     with ThreadPoolExecutor(4) as pool:
         helps = dict(zip(commands, pool.map(help_of, commands), strict=True))
     for path, flags in commands.items():

@@ -25,16 +25,20 @@ def open_files_under(folder: Path) -> list[str]:
     return holders
 
 
+# Enough for the demo's run to fan out into several shards (the demo sizes its shards by the objects: 8 or more).
+FAN_OUT_OBJECTS = 240
+
+
 def test_demo_prints_results_and_stops_everything(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "worker", "demo", "--workdir", str(tmp_path), "--objects", "480"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-m", "worker", "demo", "--workdir", str(tmp_path), "--objects",
+                          str(FAN_OUT_OBJECTS)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert '"rows": 3' in run.stdout and '"columns": 4' in run.stdout
     assert '"rows": 30000' in run.stdout and '"partition_columns": [\n    "dt"\n  ]' in run.stdout
     assert "over HTTP: 200 rows=3 columns=4" in run.stderr
     # the fanned-out run: its progress lines (stderr is not a terminal: one per poll), then its answer
     answer = json.loads(run.stdout[run.stdout.rindex('{\n  "job_id": "demo-fan-out"'):])
-    assert answer["status"] == "ok" and answer["files"] == 480 and answer["rows"] == 480 * 50
+    assert answer["status"] == "ok" and answer["files"] == FAN_OUT_OBJECTS and answer["rows"] == FAN_OUT_OBJECTS * 50
     assert answer["fanout"]["shards"] > 3 and answer["fanout"]["failed"] == 0
     assert f"] {answer['fanout']['run_id']} " in run.stderr and "objects/s" in run.stderr
     assert open_files_under(tmp_path) == []

@@ -16,9 +16,10 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "cli" / "deploy.sh"
 
 
-@pytest.fixture
-def deploy(stack, tmp_path):
-    """Run steps of deploy.sh (bash functions) with gcloud pointed at the emulator."""
+@pytest.fixture(scope="module")
+def deploy(stack, tmp_path_factory):
+    """Run steps of deploy.sh (bash functions) with gcloud pointed at the emulator (one name for the module)."""
+    tmp_path = tmp_path_factory.mktemp("deploy-cli")
     token = tmp_path / "token"
     token.write_text("the-emulator-checks-no-token")
     name = f"cli-{uuid.uuid4().hex[:8]}"
@@ -41,15 +42,22 @@ def deploy(stack, tmp_path):
     return run
 
 
+@pytest.fixture(scope="module")
+def first_run(stack, deploy):
+    """The first run of the topics and delivery steps: both tests start from what it made (each gcloud call
+    costs a second or so, and the tests do not interfere: one reads the settings, the other publishes a job)."""
+    return deploy(f'topics && delivery "http://{stack.fn_pubsub.address}"')
+
+
 def describe(deploy, kind: str, name: str) -> dict:
     got = subprocess.run(["gcloud", "pubsub", kind, "describe", name, f"--project={deploy.env['PROJECT']}",
                           "--format=json"], env=deploy.env, capture_output=True, text=True, timeout=60, check=True)
     return json.loads(got.stdout)
 
 
-def test_topics_and_delivery_are_made_once_and_a_second_run_changes_nothing(stack, deploy):
+def test_topics_and_delivery_are_made_once_and_a_second_run_changes_nothing(stack, deploy, first_run):
     url = f"http://{stack.fn_pubsub.address}"
-    first = deploy(f'topics && delivery "{url}"')
+    first = first_run
     name, project = deploy.name, stack.project
     for made in (f"topic {name}-jobs: created", f"topic {name}-results: created",
                  f"topic {name}-dead-letter: created", f"subscription {name}-results: created",
@@ -77,8 +85,7 @@ def test_topics_and_delivery_are_made_once_and_a_second_run_changes_nothing(stac
     assert describe(deploy, "subscriptions", f"{name}-jobs")["deadLetterPolicy"]["maxDeliveryAttempts"] == 9
 
 
-def test_a_job_on_the_topic_the_script_made_reaches_the_function(stack, deploy, bucket):
-    deploy(f'topics && delivery "http://{stack.fn_pubsub.address}"')
+def test_a_job_on_the_topic_the_script_made_reaches_the_function(stack, deploy, first_run, bucket):
     stack.put_objects(bucket, {"recipe/part-0.parquet": parquet_bytes(recipe_table())})
     job_id = f"cli-{uuid.uuid4().hex[:8]}"
     stack.publish_job({"bucket": bucket, "prefix": "recipe/", "job_id": job_id},

@@ -4,9 +4,11 @@ with exactly one result, and the poison message ends on the dead-letter topic wh
 served. Also: duplicates are recognisable as one."""
 
 import base64
+import contextlib
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,8 @@ import requests
 
 from worker.devstack.datasets import parquet_bytes, recipe_table
 from worker.devstack.proxy import RecordingProxy
+
+from .conftest import ALLOWED, _names
 
 # No retry_policy on these push subscriptions: redelivery is then immediate. With one (even 1-2 s),
 # Google's emulator stopped redelivering part of a burst of nacked pushes for good (seen here: 19-26
@@ -42,54 +46,71 @@ def retried(function) -> int:
     return function.log_tail(100_000).count("job will be retried")
 
 
-@pytest.fixture
-def behind_proxy(stack, bucket):
+@contextlib.contextmanager
+def behind_proxy(stack, bucket: str):
     """A function whose AWS endpoint (STS and S3) is a fault-injecting proxy in front of moto, fed by
-    its own push subscription (with no retry policy: the emulator redelivers at once)."""
+    its own push subscription with a short retry backoff."""
     stack.put_objects(bucket, {"x.parquet": parquet_bytes(recipe_table())})
     proxy = RecordingProxy(stack.aws_endpoint).start()
     name = f"faults-{uuid.uuid4().hex[:6]}"
     fn = stack.start_function(name, AWS_ENDPOINT_URL=proxy.url)
     topic = stack.add_push_subscription(name, fn)
     holder = {"proxy": proxy}
-    yield fn, topic, holder
-    fn.stop()
-    holder["proxy"].stop()
-
-
-def test_the_s3_endpoint_going_away_mid_burst_loses_nothing(stack, bucket, behind_proxy):
-    fn, topic, holder = behind_proxy
-    ids = burst(stack, topic, bucket, 40, "outage")
-    stack.inbox.wait_one(ids[0], timeout=60)  # the burst is under way
-    port = holder["proxy"].port
-    holder["proxy"].stop()  # S3 and STS are gone: connections refused, open ones cut
-    time.sleep(4)
-    holder["proxy"] = RecordingProxy(stack.aws_endpoint, port=port).start()  # back, with the same data
     try:
-        results = settle(stack, ids, timeout=120)
-    except TimeoutError as e:  # say which jobs, and what the function did with them
-        missing = [i for i in ids if i not in stack.inbox.by_job]
-        Path("/tmp/outage-fn.log").write_text(fn.log_tail(100_000))
-        log = fn.log_tail(100_000).splitlines()
-        raise AssertionError(f"{e}; unanswered {missing}; log: " + "\n".join(
-            line[:300] for line in log if any(m in line for m in missing[:2]))[-6000:]) from None
-    assert all(len(r) == 1 and r[0]["status"] == "ok" and r[0]["rows"] == 3 for r in results.values()), \
-        {k: [x["status"] for x in v] for k, v in results.items() if len(v) != 1 or v[0]["status"] != "ok"}
-    assert retried(fn) > 0, "some jobs met the outage and were handed back to Pub/Sub"
+        yield fn, topic, holder
+    finally:
+        fn.stop()
+        holder["proxy"].stop()
 
 
-def test_throttling_during_a_burst_is_absorbed_and_every_job_answered_once(stack, bucket, behind_proxy):
-    _fn, topic, holder = behind_proxy
-    holder["proxy"].fail_rate = 0.5  # half of the GETs (listings and ranged reads) answer 503 SlowDown
-    ids = burst(stack, topic, bucket, 30, "throttle")
-    results = settle(stack, ids, timeout=180)
-    assert all(len(r) == 1 and r[0]["status"] == "ok" for r in results.values())
-    seen = holder["proxy"].seen
-    injected = sum(s.injected for s in seen)
-    assert injected > 0 and len([s for s in seen if s.method == "GET"]) > 2 * len(ids)
+@pytest.fixture(scope="module")
+def bursts(stack):
+    """The three bursts below, run at once: each has its own function, proxy, topics and buckets, and mostly
+    waits (on botocore's backoff, on the outage, on redeliveries). Each test takes its own burst's outcome, which
+    re-raises the burst's failed assertion, if any."""
+    buckets = [ALLOWED[:-1][next(_names)] for _ in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        yield {"outage": pool.submit(_outage, stack, buckets[0]),
+               "throttling": pool.submit(_throttling, stack, buckets[1]),
+               "poison": pool.submit(_poison, stack, buckets[2])}
 
 
-def test_a_poison_message_is_dead_lettered_and_the_others_are_served(stack, bucket):
+def _outage(stack, bucket: str) -> None:
+    """test_the_s3_endpoint_going_away_mid_burst_loses_nothing's burst, assertions included."""
+    with behind_proxy(stack, bucket) as (fn, topic, holder):
+        ids = burst(stack, topic, bucket, 40, "outage")
+        stack.inbox.wait_one(ids[0], timeout=60)  # the burst is under way
+        port = holder["proxy"].port
+        holder["proxy"].stop()  # S3 and STS are gone: connections refused, open ones cut
+        time.sleep(4)
+        holder["proxy"] = RecordingProxy(stack.aws_endpoint, port=port).start()  # back, with the same data
+        try:
+            results = settle(stack, ids, timeout=120)
+        except TimeoutError as e:  # say which jobs, and what the function did with them
+            missing = [i for i in ids if i not in stack.inbox.by_job]
+            Path("/tmp/outage-fn.log").write_text(fn.log_tail(100_000))
+            log = fn.log_tail(100_000).splitlines()
+            raise AssertionError(f"{e}; unanswered {missing}; log: " + "\n".join(
+                line[:300] for line in log if any(m in line for m in missing[:2]))[-6000:]) from None
+        assert all(len(r) == 1 and r[0]["status"] == "ok" and r[0]["rows"] == 3 for r in results.values()), \
+            {k: [x["status"] for x in v] for k, v in results.items() if len(v) != 1 or v[0]["status"] != "ok"}
+        assert retried(fn) > 0, "some jobs met the outage and were handed back to Pub/Sub"
+
+
+def _throttling(stack, bucket: str) -> None:
+    """test_throttling_during_a_burst_is_absorbed_and_every_job_answered_once's burst, assertions included."""
+    with behind_proxy(stack, bucket) as (_fn, topic, holder):
+        holder["proxy"].fail_rate = 0.5  # half of the GETs (listings and ranged reads) answer 503 SlowDown
+        ids = burst(stack, topic, bucket, 30, "throttle")
+        results = settle(stack, ids, timeout=180)
+        assert all(len(r) == 1 and r[0]["status"] == "ok" for r in results.values())
+        seen = holder["proxy"].seen
+        injected = sum(s.injected for s in seen)
+        assert injected > 0 and len([s for s in seen if s.method == "GET"]) > 2 * len(ids)
+
+
+def _poison(stack, bucket: str) -> None:
+    """test_a_poison_message_is_dead_lettered_and_the_others_are_served's burst, assertions included."""
     stack.put_objects(bucket, {"x.parquet": parquet_bytes(recipe_table())})
     poison_bucket = "it-bucket-poison"
     # S3 throttles every request for the poison job's bucket: a retryable fault that never clears.
@@ -122,6 +143,18 @@ def test_a_poison_message_is_dead_lettered_and_the_others_are_served(stack, buck
     finally:
         fn.stop()
         proxy.stop()
+
+
+def test_the_s3_endpoint_going_away_mid_burst_loses_nothing(bursts):
+    bursts["outage"].result(timeout=600)
+
+
+def test_throttling_during_a_burst_is_absorbed_and_every_job_answered_once(bursts):
+    bursts["throttling"].result(timeout=600)
+
+
+def test_a_poison_message_is_dead_lettered_and_the_others_are_served(bursts):
+    bursts["poison"].result(timeout=600)
 
 
 def comparable(result: dict) -> dict:

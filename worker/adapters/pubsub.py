@@ -101,10 +101,14 @@ class ShardPublisher:
             return WorkerError(f"Pub/Sub refused a shard message of run {run_id}: {type(e).__name__}: {str(e)[:200]}")
 
         futures = []
+        # When this copy was sent: a dead-lettered copy keeps its attributes (and gets a new publish time), so the
+        # worker can tell a late dead letter of a copy sent before a redrive from one of the new dispatch.
+        sent_at = f"{time.time():.3f}"
         for shard_id in shard_ids:
             data = json.dumps({"run_id": run_id, "shard_id": shard_id}, separators=(",", ":")).encode("utf-8")
             try:
-                futures.append(self._client.publish(self.topic, data, kind="shard", run_id=run_id, shard_id=shard_id))
+                futures.append(self._client.publish(self.topic, data, kind="shard", run_id=run_id, shard_id=shard_id,
+                                                    sent_at=sent_at))
             except (*TRANSIENT, google_errors.NotFound, google_errors.PermissionDenied, *REJECTED) as e:
                 failures.append(classify(e))
                 break

@@ -6,6 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from worker.devstack.balancer import CloudRunBalancer
+from worker.devstack.processes import stop_all
 
 
 class Fleet:
@@ -40,8 +41,7 @@ class Fleet:
         return self
 
     def stop(self) -> None:
-        for fn in self.functions:
-            fn.stop()
+        stop_all(self.functions)
         if self.balancer is not None:
             self.balancer.stop()
 

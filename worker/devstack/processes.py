@@ -50,17 +50,35 @@ def signals_held():
             signal.raise_signal(received[0])  # delivered now, to the handlers that were in place
 
 
+def stop_all(services: Sequence[Service]) -> None:
+    """Stop ``services`` side by side: each stop mostly waits for its process to exit."""
+    if len(services) < 2:
+        for service in services:
+            service.stop()
+        return
+    threads = [threading.Thread(target=service.stop, name=f"stop-{service.name}") for service in services]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 class Service:
     """One child process with its log file; stopping it ends its whole process group."""
 
     def __init__(self, name: str, argv: Sequence[str], *, port: int, log_dir: Path,
-                 env: Mapping[str, str] | None = None, ready_path: str | None = "/", cwd: Path | None = None):
+                 env: Mapping[str, str] | None = None, ready_path: str | None = "/", cwd: Path | None = None,
+                 stop_signal: int = signal.SIGTERM, stop_group: bool = True):
         self.name = name
         self.argv = list(argv)
         self.port = port
         self.env = dict(env if env is not None else os.environ)
         self.ready_path = ready_path
         self.cwd = cwd
+        # What stop() sends first, to the whole process group, or with ``stop_group=False`` to the leader alone
+        # (which passes it on to its children); SIGKILL to the group follows if it is not enough.
+        self.stop_signal = stop_signal
+        self.stop_group = stop_group
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen | None = None
 
@@ -95,9 +113,12 @@ class Service:
     def stop(self, grace: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        for sig, wait_s in ((self.stop_signal, grace), (signal.SIGKILL, 5.0)):
             try:
-                os.killpg(self.process.pid, sig)
+                if sig == signal.SIGKILL or self.stop_group:
+                    os.killpg(self.process.pid, sig)
+                else:
+                    os.kill(self.process.pid, sig)
             except ProcessLookupError:
                 return
             try:
