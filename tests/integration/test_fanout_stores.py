@@ -184,13 +184,18 @@ def test_shard_messages_carry_run_and_shard(stack):
     subscription = f"projects/{stack.project}/subscriptions/{topic_id}-pull"
     stack.publisher.create_topic(name=topic)
     stack.subscriber.create_subscription(request={"name": subscription, "topic": topic})
+    before = time.time()
     ShardPublisher(topic).publish_shards("run-1", ["s-a", "s-b", "s-c"])
+    after = time.time()
 
     received, deadline = [], time.monotonic() + 30
     while len(received) < 3 and time.monotonic() < deadline:
         received += pull_now(stack.subscriber, subscription, wait_s=1.0)
     messages = sorted(((json.loads(m.message.data), dict(m.message.attributes)) for m in received),
                       key=lambda m: m[0]["shard_id"])
+    # sent_at: when the copy was sent (a dead-lettered copy keeps it, so a late one from before a redrive is known)
+    sent = {float(attributes.pop("sent_at")) for _, attributes in messages}
+    assert len(sent) == 1 and before - 0.001 <= sent.pop() <= after + 0.001
     assert messages == [({"run_id": "run-1", "shard_id": s}, {"kind": "shard", "run_id": "run-1", "shard_id": s})
                         for s in ("s-a", "s-b", "s-c")]
 
