@@ -114,24 +114,26 @@ def _set(field):
     return change
 
 
+def _given(field, value, change):
+    """The mutation needs the job's prefix given as ``field`` (``prefix`` or ``prefix_template``): a job that has
+    the other gets ``field`` set to ``value`` instead, then the change."""
+    def with_field(job, bad):
+        if field not in job:
+            job.pop("prefix", None)
+            job.pop("prefix_template", None)
+            job[field] = value
+        change(job, bad)
+    return with_field
+
+
 def _templated(change):
     """The mutation needs a prefix_template (time_zone and reference_time count only with one)."""
-    def templated(job, value):
-        if "prefix" in job:
-            del job["prefix"]
-            job["prefix_template"] = "{date}/"
-        change(job, value)
-    return templated
+    return _given("prefix_template", "{date}/", change)
 
 
 def _plain(change):
     """The mutation needs a plain prefix: time_zone or reference_time beside one is the mistake."""
-    def plain(job, value):
-        if "prefix_template" in job:
-            del job["prefix_template"]
-            job["prefix"] = "data/"
-        change(job, value)
-    return plain
+    return _given("prefix", "data/", change)
 
 
 def _instead_of_prefix(field):

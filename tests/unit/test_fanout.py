@@ -156,6 +156,18 @@ def _shard_message(run_id: str, shard_id: str, **attributes: str) -> dict:
                         "attributes": {"kind": "shard", "run_id": run_id, "shard_id": shard_id, **attributes}}}
 
 
+def slow_fetches(monkeypatch, worker, seconds: float) -> None:
+    """Every ranged read of the worker's (one, in-memory) store takes ``seconds`` longer: a slow S3."""
+    store = worker.storage.objects("b", "j")
+    fetch = store.fetch
+
+    def slow(key, start, end):
+        time.sleep(seconds)
+        return fetch(key, start, end)
+
+    monkeypatch.setattr(store, "fetch", slow)
+
+
 def _deliver_all(worker, stores, rng: random.Random, *, duplicates: float = 0.0, dead: set[str] = frozenset(),
                  check_cap: bool = True) -> int:
     """Deliver every published shard message in random order (some twice); return the deliveries."""
@@ -246,14 +258,7 @@ def test_a_shard_out_of_time_hands_its_unread_keys_on_and_the_run_completes(monk
     objects = _lake(40, flat=True)
     worker, stores, out = _worker(objects, shard_seconds=1, shard_objects=1000, fanout_min_objects=1,
                                   read_concurrency=1)
-    store = worker.storage.objects("b", "j")
-    slow_fetch = store.fetch
-
-    def fetch(key, start, end):
-        time.sleep(0.05)
-        return slow_fetch(key, start, end)
-
-    monkeypatch.setattr(store, "fetch", fetch)
+    slow_fetches(monkeypatch, worker, 0.05)
     worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/", "fan_out": {"mode": "always"}}), "m-1")
     _deliver_all(worker, stores, random.Random(7))
     (result,) = out.sent

@@ -22,6 +22,7 @@ from tests.unit.test_fanout import (
     _parquet,
     _shard_message,
     _worker,
+    slow_fetches,
 )
 from worker.errors import Retryable, Unavailable
 from worker.fanout import (
@@ -403,14 +404,7 @@ def test_a_full_mode_shard_that_waited_for_its_turn_hands_on_before_the_deadline
 
     worker, stores, _ = _worker(_lake(20, flat=True), job_deadline_seconds=6, shard_seconds=4, shard_objects=20,
                                 fanout_min_objects=1, full_mode_jobs=1, full_mode_concurrency=1, read_concurrency=1)
-    store = worker.storage.objects("b", "j")
-    slow_fetch = store.fetch
-
-    def fetch(key, start, end):
-        time.sleep(0.15)
-        return slow_fetch(key, start, end)
-
-    monkeypatch.setattr(store, "fetch", fetch)
+    slow_fetches(monkeypatch, worker, 0.15)
     worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/all/", "mode": "full",
                                        "fan_out": {"mode": "always"}}), "m-1")
     (message,) = stores.shards.messages
