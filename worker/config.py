@@ -142,7 +142,7 @@ class Settings:
         for name in filter(None, (t.strip() for t in get(ALLOWED_REPLY_TOPICS).split(","))):
             with contextlib.suppress(ValueError):  # a short name without a project: refused just below
                 name = topic_path(name, project)
-            if _TOPIC.match(name):
+            if is_topic_path(name):
                 allowed_reply_topics.add(name)
             else:
                 problems.append(f"{ALLOWED_REPLY_TOPICS} holds {name!r}: give projects/P/topics/T "
@@ -235,12 +235,17 @@ class Settings:
         return self.reply_topic
 
 
+def is_topic_path(name: str) -> bool:
+    """Whether ``name`` is a full topic path, ``projects/P/topics/T``."""
+    return _TOPIC.match(name) is not None
+
+
 def topic_path(name: str, project: str | None) -> str:
     """``projects/P/topics/T`` from a full path (returned as given), or from a short name and a project: the
     one rule for every topic the worker and its command line are given. Raises ValueError for a short name
-    without a project."""
+    without a project, or a path that is not a topic path."""
     if "/" in name:
-        if not _TOPIC.match(name):
+        if not is_topic_path(name):
             raise ValueError(f"topic {name!r} is not a topic path: give projects/P/topics/T, or a short name")
         return name
     if not project:
@@ -260,7 +265,7 @@ def _topic_setting(setting: str, value: str, project: str | None, problems: list
         else:
             problems.append(f"{setting} is a short name; give projects/P/topics/T or set {GOOGLE_CLOUD_PROJECT}")
         return None
-    if not _TOPIC.match(topic):
+    if not is_topic_path(topic):  # a short name joined to a project that is no project ID ("a/b")
         problems.append(f"{setting} must look like projects/P/topics/T: {topic!r}")
         return None
     return topic

@@ -140,7 +140,6 @@ def _ecma(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-
 @cache
 def _id_rule(name: str) -> tuple[re.Pattern[str], int, int]:
     spec = load_schema("job")["properties"][name]
@@ -197,7 +196,7 @@ def validate_job(payload: Any, *, message_id: str | None = None, attributes: Map
         ref = JobRef(job_id=fallback_id, message_id=message_id, attributes=attributes)
         raise InvalidJob(f"job must be a JSON object, not {_json_type(payload)}", ref)
     ref = _best_effort_ref(payload, fallback_id, message_id, attributes)
-    problems = _text_problems(payload) + _nesting_problems(payload)
+    problems = _value_problems(payload)
     if not problems:
         problems = _cheap_problems(payload)
         checked = {k: v for k, v in payload.items() if k != "columns"} if problems else payload
@@ -229,42 +228,33 @@ def validate_job(payload: Any, *, message_id: str | None = None, attributes: Map
     )
 
 
-def _text_problems(payload: Any) -> list[str]:
-    """Strings that are not valid Unicode (an escaped lone surrogate such as "\\ud800" parses, yet cannot be
-    encoded, published or used as an S3 key), by where they are."""
+def _value_problems(payload: Any) -> list[str]:
+    """What is wrong with the values themselves, found in one walk without recursion (a value may nest as deep as
+    the JSON parser allows; recursive code over it, such as jsonschema's ``repr``, would exceed Python's stack):
+    strings that are not valid Unicode (an escaped lone surrogate such as "\\ud800" parses, yet cannot be encoded,
+    published or used as an S3 key), by where they are; and fields nested deeper than MAX_NESTING."""
     problems = []
-    stack: list[tuple[str, Any]] = [("job", payload)]
-    while stack:  # iterative: a job's nesting is bounded by the JSON parser, not by Python's stack
-        where, value = stack.pop()
+    too_deep: set[str | None] = set()
+    # (where, the top-level field it is under, the value, its depth: a field's own value is at 1)
+    stack: list[tuple[str, str | None, Any, int]] = [("job", None, payload, 0)]
+    while stack:
+        where, top, value, depth = stack.pop()
+        if depth > MAX_NESTING:
+            if top not in too_deep:
+                too_deep.add(top)
+                problems.append(f"{_echo(top) or 'a field'}: nested more than {MAX_NESTING} levels deep "
+                                "(a job's fields nest at most 2)")
+            continue
         if isinstance(value, dict):
             for k, v in value.items():
                 if not _encodable(k):
                     problems.append(f"{where}: a field name is not valid Unicode (a lone surrogate)")
                 else:
-                    stack.append((k if where == "job" else f"{where}.{k}", v))
+                    stack.append((k if where == "job" else f"{where}.{k}", top if depth else k, v, depth + 1))
         elif isinstance(value, list):
-            stack.extend((f"{where}.{i}", v) for i, v in enumerate(value))
+            stack.extend((f"{where}.{i}", top, v, depth + 1) for i, v in enumerate(value))
         elif isinstance(value, str) and not _encodable(value):
             problems.append(f"{where}: not valid Unicode (it holds a lone surrogate such as \\ud800)")
-    return sorted(problems)
-
-
-def _nesting_problems(payload: dict) -> list[str]:
-    """Fields nested deeper than MAX_NESTING (walked without recursion: a value may nest as deep as the JSON
-    parser allows, and recursive code such as jsonschema's ``repr`` of it would exceed Python's stack)."""
-    problems = []
-    for name, value in payload.items():
-        stack = [(value, 1)]
-        while stack:
-            node, depth = stack.pop()
-            if depth > MAX_NESTING:
-                problems.append(f"{_echo(name) or 'a field'}: nested more than {MAX_NESTING} levels deep "
-                                "(a job's fields nest at most 2)")
-                break
-            if isinstance(node, dict):
-                stack.extend((v, depth + 1) for v in node.values())
-            elif isinstance(node, list):
-                stack.extend((v, depth + 1) for v in node)
     return sorted(problems)
 
 
@@ -376,7 +366,7 @@ def _best_effort_ref(payload: dict, fallback_id: str, message_id: str | None, at
         correlation_id = None
     reply_attributes = payload.get("reply_attributes")
     if (not isinstance(reply_attributes, dict) or not all(isinstance(v, str) for v in reply_attributes.values())
-            or _text_problems(reply_attributes) or _attribute_problems(reply_attributes)
+            or _value_problems(reply_attributes) or _attribute_problems(reply_attributes)
             or not _validator().is_valid({"bucket": "abc", "prefix": "", "reply_attributes": reply_attributes})):
         reply_attributes = {}
     mode = payload.get("mode", "metadata")

@@ -51,7 +51,7 @@ class ShardRecord:
     children: list[str] = field(default_factory=list)  # shards its range was handed to
     dispatched: list[str] = field(default_factory=list)  # shards its commits dispatched (published after commit)
     seconds: float = 0.0  # time spent reading it (done)
-    dispatched_at: float = 0.0  # when it was last dispatched: a dead letter published before is a stale copy
+    dispatched_at: float = 0.0  # when it was last dispatched: a dead letter of a copy sent before is stale
 
     def to_doc(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Protocol
 
-from worker.config import Settings
+from worker.config import Settings, is_topic_path
 from worker.errors import (
     DeadlineExceeded,
     Forbidden,
@@ -60,7 +60,7 @@ from worker.fanout import (
     split_unread,
     tolerated,
 )
-from worker.jobs import Job, JobRef, job_from_pubsub, new_job_id, parse_job
+from worker.jobs import Job, JobRef, job_from_pubsub, new_job_id, parse_job, parse_time
 from worker.logs import new_incident_id, report_incident
 from worker.results import error_result, fit, ok_result
 from worker.summary import (
@@ -731,8 +731,6 @@ def _shard_of(data: Any) -> tuple[str, str] | None:
 def _sent_at_of(data: Any) -> float | None:
     """When a shard message's copy was first sent, as a Unix time: its ``sent_at`` attribute, which a dead-lettered
     copy keeps, else its publish time (a dead-lettered copy's: when it was dead-lettered)."""
-    from worker.jobs import parse_time
-
     try:
         message = data["message"]
         sent_at = (message.get("attributes") or {}).get("sent_at")
@@ -753,8 +751,7 @@ def _topic_of(source: str | None) -> str | None:
         return None
     at = source.find("projects/")
     topic = source[at:] if at >= 0 else ""
-    parts = topic.split("/")
-    return topic if len(parts) == 4 and parts[2] == "topics" and parts[1] and parts[3] else None
+    return topic if is_topic_path(topic) else None
 
 
 def _head(listed: Iterator[tuple[str, int]], most_objects: int | None, most_bytes: int | None
