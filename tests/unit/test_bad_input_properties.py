@@ -209,7 +209,7 @@ def test_a_trailing_newline_is_refused(field, value):
 @given(st.integers(min_value=MAX_JOB_BYTES + 1, max_value=4 * MAX_JOB_BYTES))
 def test_oversized_jobs_are_invalid(size):
     got = outcome(lambda: parse_job(b'{"bucket": "abc", "prefix": "' + b"a" * size + b'"}'))
-    assert isinstance(got, InvalidJob) and "at most" in str(got)
+    assert isinstance(got, InvalidJob) and "a job is at most" in str(got)
 
 
 # Nesting refused for each of its three reasons: the parser takes it (the schema refuses it), it is deeper
@@ -227,7 +227,8 @@ def test_deep_nesting_is_invalid_not_a_crash(nesting):
     (opener, closer), depth = nesting
     got = outcome(lambda: parse_job(opener * depth + ("" if opener == "[" else "1") + closer * depth))
     assert isinstance(got, InvalidJob)
-    NESTING.reached("too many bytes" if "at most" in str(got) else
+    # the size limit's own words ("a job is at most N bytes"): a nesting problem says "at most" too
+    NESTING.reached("too many bytes" if "a job is at most" in str(got) else
                     "nested too deeply" if "nested too deeply" in str(got) else "parsed, then refused")
 
 
