@@ -53,7 +53,7 @@ def build_stores(settings: Settings):
     from worker.adapters.firestore import FirestoreRunStore
     from worker.adapters.gcs import GcsBlobStore
     from worker.adapters.pubsub import ShardPublisher
-    from worker.fanout import Stores
+    from worker.fanout.coordinator import Stores
 
     return Stores(runs=FirestoreRunStore.from_settings(settings.project, settings.firestore_database,
                                                        settings.runs_collection),

@@ -75,7 +75,7 @@ def _demo_fan_out(stack, objects: int) -> None:
 
     from worker.devstack.datasets import lake_objects
     from worker.devstack.fleet import Fleet
-    from worker.fanout import status_of
+    from worker.fanout.coordinator import status_of
 
     _say(f"fan-out: uploading {objects} objects to s3://demo-data/lake/ and starting 3 instances behind a balancer")
     s3 = stack.aws_client("s3")
@@ -288,7 +288,7 @@ class _RunProgress:
             from worker.app import build_stores
 
             try:
-                self._runs = build_stores(settings).runs
+                self._runs = _coordinator(settings, build_stores(settings))
             except Exception as e:  # noqa: BLE001 - progress is a nicety: waiting goes on without it
                 _say(f"(no run progress: {type(e).__name__})")
 
@@ -296,15 +296,14 @@ class _RunProgress:
         if self._runs is None or time.monotonic() < self._next:
             return
         self._next = time.monotonic() + self.every
-        from worker.fanout import status_of
+        from worker.fanout.coordinator import status_of
 
         try:
-            run = self._runs.get_run(self.run_id)
+            status = status_of(self._runs, self.run_id)
         except Exception:  # noqa: BLE001 - as above
             return
-        if run is None:
+        if status is None:
             return
-        status = status_of(run)
         if sys.stderr.isatty():
             sys.stderr.write("\r" + render_run_progress(status))
             sys.stderr.flush()
@@ -343,7 +342,18 @@ def _size(n: float) -> str:
     return f"{n} B"
 
 
-def _run_stores():
+def _coordinator(settings, stores):
+    """A coordinator for the CLI's run commands: status, cap and redrive need only the stores."""
+    from worker.fanout.coordinator import Coordinator
+
+    class _Host:
+        def __init__(self):
+            self.settings = settings
+
+    return Coordinator(_Host(), stores)  # type: ignore[arg-type]
+
+
+def _run_coordinator():
     from worker.app import build_stores
     from worker.config import Settings
 
@@ -352,37 +362,37 @@ def _run_stores():
     if stores is None:
         raise ValueError("fan-out is not configured here: set PARTIALS_BUCKET and SHARD_TOPIC (and "
                          "FIRESTORE_DATABASE, RUNS_COLLECTION if not the defaults) as the worker has them")
-    return stores
+    return _coordinator(settings, stores)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from worker.errors import WorkerError
-    from worker.fanout import set_cap, status_of
-    from worker.runs import ANSWERED
+    from worker.fanout.coordinator import status_of
+    from worker.fanout.records import ANSWERED
 
     try:
-        stores = _run_stores()
+        coordinator = _run_coordinator()
         if args.max_in_flight is not None:
-            set_cap(stores, args.run_id, args.max_in_flight)
+            coordinator.set_cap(args.run_id, args.max_in_flight)
             _say(f"run {args.run_id}: at most {args.max_in_flight} shards in flight from now on")
-        run = stores.runs.get_run(args.run_id)
+        status = status_of(coordinator, args.run_id)
     except (WorkerError, ValueError, LookupError) as e:
         print(f"status: {e}", file=sys.stderr)
         return EXIT_INVALID
-    if run is None:
+    if status is None:
         print(f"status: no run {args.run_id!r}", file=sys.stderr)
         return EXIT_INVALID
     if not sys.stdout.isatty() or args.once:
-        print(json.dumps(status_of(run)), flush=True)
+        print(json.dumps(status), flush=True)
         return EXIT_OK
     try:
         while True:
-            sys.stdout.write("\r" + render_run_progress(status_of(run)))
+            sys.stdout.write("\r" + render_run_progress(status))
             sys.stdout.flush()
-            if run.state == ANSWERED:
+            if status["state"] == ANSWERED:
                 break
             time.sleep(args.every)
-            run = stores.runs.get_run(args.run_id) or run
+            status = status_of(coordinator, args.run_id) or status
     except KeyboardInterrupt:
         pass
     sys.stdout.write("\n")
@@ -391,11 +401,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_redrive(args: argparse.Namespace) -> int:
     from worker.errors import WorkerError
-    from worker.fanout import redrive
 
     try:
-        stores = _run_stores()
-        failed = redrive(stores, args.run_id)
+        failed = _run_coordinator().redrive(args.run_id)
     except (WorkerError, ValueError, LookupError) as e:
         print(f"redrive: {e}", file=sys.stderr)
         return EXIT_INVALID
@@ -404,6 +412,27 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     else:
         _say(f"run {args.run_id}: {len(failed)} failed range(s) queued again; the run answers again when they finish")
     print(json.dumps({"run_id": args.run_id, "redriven": failed}), flush=True)
+    return EXIT_OK
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """What the scheduled sweep does (deploy/: Cloud Scheduler publishes kind=sweep to SHARD_TOPIC), run here: find
+    runs that stopped making progress and set them going, answering those that cannot."""
+    from worker.app import build_worker
+    from worker.config import Settings
+    from worker.errors import WorkerError
+
+    try:
+        settings = Settings.from_env(require_role=False)
+        worker = build_worker(settings)
+        if worker.coordinator is None:
+            raise ValueError("fan-out is not configured here: set PARTIALS_BUCKET and SHARD_TOPIC as the worker has "
+                             "them")
+        report = worker.coordinator.sweep()
+    except (WorkerError, ValueError) as e:
+        print(f"sweep: {e}", file=sys.stderr)
+        return EXIT_RETRY if isinstance(e, WorkerError) and e.retryable else EXIT_INVALID
+    print(json.dumps(report), flush=True)
     return EXIT_OK
 
 
@@ -591,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
     redrive = sub.add_parser("redrive", help="read a run's failed key ranges again; the run answers again")
     redrive.add_argument("run_id", help="the run's ID (the answer's fanout.run_id)")
     redrive.set_defaults(func=cmd_redrive)
+
+    sweep = sub.add_parser("sweep", help="set stalled fanned-out runs going again (what the scheduled sweep does)")
+    sweep.set_defaults(func=cmd_sweep)
     return parser
 
 

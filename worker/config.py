@@ -49,6 +49,9 @@ FANOUT_MIN_BYTES = "FANOUT_MIN_BYTES"
 SHARD_OBJECTS = "SHARD_OBJECTS"
 SHARD_SECONDS = "SHARD_SECONDS"
 FANOUT_MAX_IN_FLIGHT = "FANOUT_MAX_IN_FLIGHT"
+LEASE_SECONDS = "LEASE_SECONDS"
+MERGE_FAN_IN = "MERGE_FAN_IN"
+SWEEP_STALL_SECONDS = "SWEEP_STALL_SECONDS"
 K_SERVICE = "K_SERVICE"
 K_REVISION = "K_REVISION"
 
@@ -94,6 +97,9 @@ class Settings:
     shard_objects: int = 1000
     shard_seconds: int = 240
     fanout_max_in_flight: int = 50
+    lease_seconds: int = 30
+    merge_fan_in: int = 50
+    sweep_stall_seconds: int = 900
 
     @property
     def fanout_enabled(self) -> bool:
@@ -138,6 +144,12 @@ class Settings:
         fanout_min_bytes = _int(get(FANOUT_MIN_BYTES), FANOUT_MIN_BYTES, 16 << 30, 1, 1 << 50, problems)
         shard_objects = _int(get(SHARD_OBJECTS), SHARD_OBJECTS, 1000, 1, 100_000, problems)
         fanout_max_in_flight = _int(get(FANOUT_MAX_IN_FLIGHT), FANOUT_MAX_IN_FLIGHT, 50, 1, 1000, problems)
+        # Run work is held under leases renewed every third of this; a dead holder's work is taken over after it.
+        lease_seconds = _int(get(LEASE_SECONDS), LEASE_SECONDS, 30, 5, 600, problems)
+        # Partials one merge task (or the answer) merges at most: ~0.17 s each for a 250-column full-mode partial.
+        merge_fan_in = _int(get(MERGE_FAN_IN), MERGE_FAN_IN, 50, 2, 1000, problems)
+        # The sweeper publishes again work dispatched this long ago with no live lease (its messages lost).
+        sweep_stall_seconds = _int(get(SWEEP_STALL_SECONDS), SWEEP_STALL_SECONDS, 900, 10, 86400, problems)
         allowed_reply_topics = set()
         for name in filter(None, (t.strip() for t in get(ALLOWED_REPLY_TOPICS).split(","))):
             with contextlib.suppress(ValueError):  # a short name without a project: refused just below
@@ -217,6 +229,9 @@ class Settings:
             shard_objects=shard_objects,
             shard_seconds=shard_seconds,
             fanout_max_in_flight=fanout_max_in_flight,
+            lease_seconds=lease_seconds,
+            merge_fan_in=merge_fan_in,
+            sweep_stall_seconds=sweep_stall_seconds,
         )
 
     def limits(self) -> Limits:

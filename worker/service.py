@@ -10,9 +10,7 @@ with an ``internal`` error result that names an incident in the log.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -26,7 +24,6 @@ from worker.config import Settings, is_topic_path
 from worker.errors import (
     DeadlineExceeded,
     Forbidden,
-    Incomplete,
     Internal,
     InvalidJob,
     NotFound,
@@ -34,33 +31,9 @@ from worker.errors import (
     Unavailable,
     WorkerError,
 )
-from worker.fanout import (
-    DONE,
-    FAILED,
-    MERGING,
-    TERMINAL,
-    Outcome,
-    RunRecord,
-    Stores,
-    after,
-    blob_name,
-    decide_answered,
-    decide_claim_merge,
-    decide_finish,
-    decide_hand_off,
-    decide_lost,
-    decide_open,
-    first_split,
-    job_doc,
-    job_of,
-    list_range,
-    publish_after_commit,
-    replay,
-    run_section,
-    split_unread,
-    tolerated,
-)
-from worker.jobs import Job, JobRef, job_from_pubsub, new_job_id, parse_job, parse_time
+from worker.fanout.coordinator import Coordinator, Stores
+from worker.fanout.ranges import MAX_PREFIX_DEPTH
+from worker.jobs import Job, JobRef, job_from_pubsub, new_job_id, parse_job
 from worker.logs import new_incident_id, report_incident
 from worker.results import error_result, fit, ok_result
 from worker.summary import (
@@ -144,6 +117,7 @@ class Worker:
         self.storage = storage
         self.publisher = publisher
         self.stores = stores  # fan-out: runs, partials, shard messages (None: every job runs on one instance)
+        self.coordinator = Coordinator(self, stores) if stores is not None else None
         # Full-mode jobs take turns (FULL_MODE_JOBS at once): with request concurrency above 1, a burst of
         # them would otherwise run side by side on one vCPU, each slower, holding all their memory at once.
         self._full_turns = threading.BoundedSemaphore(settings.full_mode_jobs)
@@ -163,13 +137,7 @@ class Worker:
             raise RuntimeError("no publisher configured")
         topic = _topic_of(source)
         if topic is not None and topic in (self.settings.shard_topic, self.settings.shard_dead_letter_topic):
-            shard = _shard_of(data)
-            if shard is None:
-                log.error("a message on the shard topic that is no shard: dropped", extra={"fields": {
-                    "topic": topic, "message_id": event_id}})
-                return None
-            self._handle_shard(*shard, dead=topic == self.settings.shard_dead_letter_topic,
-                               published=_sent_at_of(data))
+            self._handle_run_work(data, event_id, topic, dead=topic == self.settings.shard_dead_letter_topic)
             return None
         result, job = self._result_of(
             lambda: job_from_pubsub(data, event_id, time_zone=self.settings.template_time_zone),
@@ -341,180 +309,59 @@ class Worker:
 
     def _open_run(self, job: Job, store: ObjectStore, head: list[tuple[str, int]]) -> None:
         """Make the job a run: its first shards from the keys listed so far and S3's folders under the prefix."""
-        assert self.stores is not None and job.message_id is not None
-        spec = job.spec.get("fan_out") or {}
-        folders = _folders(store, job.prefix)
-        ranges = first_split([k for k, _ in head], folders, per_shard=self.settings.shard_objects)
-        run = RunRecord(run_id=job.message_id, job=job_doc(job), created_at=time.time(),
-                        max_in_flight=spec.get("max_in_flight", self.settings.fanout_max_in_flight),
-                        tolerated_failure_percent=float(spec.get("tolerated_failure_percent", 0)))
-        created, publish = self.stores.runs.transact(run.run_id, None, decide_open(run, ranges))
-        if not created:  # a redelivered job message: the run exists; publish what may not have gone out
-            from worker.runs import DISPATCHED
+        if self.coordinator is None or job.message_id is None:
+            raise RuntimeError("fan-out without its stores")
+        self.coordinator.open_run(job, store, head, _folders(store, job.prefix))
 
-            publish = [s.shard_id for s in self.stores.runs.shards(run.run_id, DISPATCHED)]
-        publish_after_commit(self.stores, run.run_id, publish)
-        log.info("job fanned out", extra={"fields": _ids(job) | {"run_id": run.run_id, "shards": len(ranges),
-                                                                "created": created}})
-
-    def _handle_shard(self, run_id: str, shard_id: str, *, dead: bool, published: float | None = None) -> None:
-        """One shard message: read its range (or, dead-lettered, record it failed), commit, and answer the run
-        if this commit closed it. Raises only ``Retryable``."""
-        if self.stores is None:
-            log.error("shard message for a worker without fan-out settings: dropped",
-                      extra={"fields": {"run_id": run_id, "shard_id": shard_id}})
+    def _handle_run_work(self, data: Any, event_id: str | None, topic: str, *, dead: bool) -> None:
+        """A message from the shard topics: a shard's, a merge task's, or the sweeper's. Raises only ``Retryable``;
+        a bug is logged with an incident and the message acknowledged (the sweeper finds what it left)."""
+        work = _work_of(data)
+        fields = {"topic": topic, "message_id": event_id}
+        if work is None or self.coordinator is None:
+            log.error("a message on the shard topics that is no run work, or no fan-out settings: dropped",
+                      extra={"fields": fields})
             return
-        runs = self.stores.runs
-        run, shard = runs.get_run(run_id), runs.get_shard(run_id, shard_id)
-        if run is None or shard is None:
-            log.warning("shard message of no known run: dropped",
-                        extra={"fields": {"run_id": run_id, "shard_id": shard_id}})
-            return
-        # What this shard's earlier commits dispatched may not have been published (a crash, or a failed publish
-        # after a hand-off): publish it again before anything else (duplicates count once).
-        replay(self.stores, run_id, shard)
-        if shard.state in TERMINAL:
-            self._merge_if_left(run, shard_id)
-            return
-        if dead and published is not None and published < shard.dispatched_at - 1.0:
-            # A dead letter of a copy sent before the shard's last dispatch (a redrive): it has been sent again since.
-            log.warning("stale dead letter of a redriven shard: dropped",
-                        extra={"fields": {"run_id": run_id, "shard_id": shard_id}})
-            return
-        if dead:
-            outcome = Outcome(FAILED, error=f"dead-lettered after {shard.attempts} attempt(s)")
-        elif shard.state != "dispatched":
-            return  # stale (queued again by a redrive): it gets a new message when dispatched
-        else:
-            outcome = self._read_shard(run, shard)
-            if outcome is None:  # another delivery finished it meanwhile
-                self._merge_if_left(runs.get_run(run_id) or run, shard_id)
-                return
-        committing = time.monotonic()
-        finish = runs.transact(run_id, shard_id, decide_finish(run_id, shard_id, outcome, time.time()))
-        if finish.stale:
-            raise Unavailable(f"shard {shard_id} of run {run_id}: another delivery changed its range while this "
-                              "one read it; reading it again", details={"step": "committing a shard"})
-        publish_after_commit(self.stores, run_id, finish.publish)
-        log.info("shard committed", extra={"fields": {
-            "run_id": run_id, "shard_id": shard_id, "state": outcome.state, "published": len(finish.publish),
-            "closes_run": finish.merge and not finish.duplicate, "duplicate": finish.duplicate,
-            "commit_ms": round((time.monotonic() - committing) * 1000, 1)}})
-        if finish.duplicate:
-            if finish.merge:
-                self._merge_if_left(runs.get_run(run_id) or run, shard_id)
-        elif finish.merge:
-            self._merge(run_id)
-
-    def _merge_if_left(self, run: RunRecord, shard_id: str) -> None:
-        """A delivery of the run's closing shard that did not close it: it builds the answer only if no other
-        delivery has been at it for longer than a request may take (the one that was is presumed dead)."""
-        if run.state != MERGING or run.merger != shard_id:
-            return
-        assert self.stores is not None
-        claim = self.stores.runs.transact(run.run_id, None, decide_claim_merge(
-            shard_id, time.time(), stale_after=self.settings.job_deadline_seconds + 60))
-        if claim is None:
-            raise Unavailable(f"run {run.run_id}: another delivery is building the answer; asking again later",
-                              details={"step": "merging a run"})
-        if claim:
-            self._merge(run.run_id)
-
-    def _read_shard(self, run: RunRecord, shard) -> Outcome | None:
-        """Read one shard's range within its budget; a permanent failure is the shard's (recorded failed).
-        None: the shard was found finished by another delivery (nothing to record)."""
-        assert self.stores is not None
-        job = job_of(run.job)
-        fields = _ids(job) | {"run_id": run.run_id, "shard_id": shard.shard_id}
-        started = time.monotonic()
-        phases: dict[str, float] = {}
-        self.stores.runs.note_attempt(run.run_id, shard.shard_id)
+        kind, attributes = work
         try:
-            self.storage.ensure_credentials()
-            store = self.storage.objects(job.bucket, job.job_id)
-            listing = list_range(store, job.prefix, shard.start, shard.stop)
-            with _phase(phases, "listing"):
-                own = list(itertools.islice(listing, self.settings.shard_objects))
-                more = bool(own) and next(listing, None) is not None
-            stop = shard.stop
-            if more:
-                # More than a shard's share: hand the rest of the range on now, so it is listed (and read) in
-                # parallel with this share, rather than after it.
-                cut = after(own[-1][0])
-                with _phase(phases, "hand_off"):
-                    handed = self.stores.runs.transact(
-                        run.run_id, shard.shard_id, decide_hand_off(run.run_id, shard.shard_id, cut, time.time()))
-                    if handed.terminal:
-                        raise _AlreadyDone
-                    publish_after_commit(self.stores, run.run_id, handed.publish)
-                stop = handed.stop
-                if stop != cut:  # an earlier delivery cut elsewhere: its cut stands
-                    own = list(list_range(store, job.prefix, shard.start, stop))
-            unread: list[str] = []
-
-            # The delivery's own deadline bounds the budget too (a full-mode shard may have waited for its turn),
-            # with a margin to store the partial and commit.
-            hard = started + self.settings.job_deadline_seconds - self.settings.shard_seconds / 4
-
-            def within_budget() -> Iterator[tuple[str, int]]:
-                for n, item in enumerate(own):
-                    now = time.monotonic()
-                    if now > budget:
-                        # Past the budget, hand on what would take more than a quarter of it again at the rate
-                        # so far: a few objects short of the end are read here (a shard per object costs more),
-                        # unless that would run past the deadline.
-                        rate = n / max(now - reading, 1e-3)
-                        left = len(own) - n
-                        late = now + left / max(rate, 1e-9) > hard
-                        if (left >= 2 and (late or left > rate * self.settings.shard_seconds / 4)) or now > hard:
-                            unread.append(item[0])
-                            return
-                    yield item
-
-            tally = Tally()
-            full = job.mode == "full"
-            with _phase(phases, "reading"), self._turn(full, what="read(s)", fields=fields,
-                                                       step="waiting for a full-mode turn (reading a shard)"):
-                reading = time.monotonic()  # the budget starts with the turn, and ends by the deadline
-                budget = min(reading + self.settings.shard_seconds, hard)
-                if hard - reading < self.settings.shard_seconds / 2:
-                    raise Unavailable(f"shard {shard.shard_id} waited for a full-mode turn until too little of "
-                                      f"its {self.settings.job_deadline_seconds}s deadline was left; handed back",
-                                      details={"step": "waiting for a full-mode turn (reading a shard)"})
-                summary = summarize_listing(
-                    store, within_budget(), mode=job.mode, columns=job.columns,
-                    deadline=started + self.settings.job_deadline_seconds,
-                    concurrency=self.settings.full_mode_concurrency if full else self.settings.read_concurrency,
-                    tally=tally, limits=self.settings.limits())
-            covered = unread[0] if unread else None
-            handed_on = split_unread([k for k, _ in own if k >= covered], stop) if covered is not None else []
-            name = blob_name(run.run_id, shard.shard_id, shard.start, covered if covered is not None else stop)
-            from worker import partials
-
-            with _phase(phases, "storing"):
-                self.stores.blobs.put_once(name, partials.encode(summary))
-            log.info("shard read", extra={"fields": fields | {
-                "objects": tally.listed, "handed_on": len(handed_on), "unread": len(own) - tally.listed,
-                "timings_ms": {k: round(v, 1) for k, v in phases.items()}}})
-            return Outcome(DONE, partial=name, read_stop=stop, covered_stop=covered, handed=handed_on,
-                           listed=tally.listed,
-                           parquet=tally.parquet, refused=tally.refused, first_refusal=tally.first_refusal,
-                           bytes_listed=sum(size for k, size in own if covered is None or k < covered),
-                           bytes_read=summary.bytes, seconds=time.monotonic() - started)
-        except StoppedAtDeadline:
-            raise Unavailable(f"shard {shard.shard_id} reached the {self.settings.job_deadline_seconds}s deadline",
-                              details={"step": "reading a shard"}) from None
+            if kind == "shard":
+                self.coordinator.handle_shard(attributes["run_id"], attributes["shard_id"],
+                                              _generation(attributes.get("generation")), dead=dead)
+            elif kind == "merge" and not dead:
+                self.coordinator.handle_merge(attributes["run_id"], attributes["task_id"])
+            elif kind == "sweep" and not dead:
+                self.coordinator.sweep()
+            else:  # a dead-lettered merge task or sweep: the sweeper publishes stalled tasks again
+                log.warning("dead-lettered %s message: left to the sweeper", kind,
+                            extra={"fields": fields | attributes})
         except WorkerError as e:
             if e.retryable:
-                log.warning("shard will be retried: %s", e.message, extra={"fields": fields | {"code": e.code}})
+                log.warning("run work will be retried: %s", e.message, extra={"fields": fields | attributes})
                 raise
-            log.warning("shard failed: %s", e.message, extra={"fields": fields | {"code": e.code}})
-            return Outcome(FAILED, error=f"{e.code}: {e.message}"[:MAX_REASON])
-        except _AlreadyDone:
-            return None
-        except Exception as e:  # noqa: BLE001 - a bug costs this shard (recorded failed, redrivable), not the run
-            incident = self._incident(e, "reading a shard", job)
-            return Outcome(FAILED, error=f"internal: {incident.message}"[:MAX_REASON])
+            self._incident(e, f"handling a {kind} message", None)
+        except Exception as e:  # noqa: BLE001 - a bug: logged with an incident; the sweeper ends the run
+            self._incident(e, f"handling a {kind} message", None)
+
+    # -- what the coordinator asks of its host (worker.fanout.coordinator.Host) ---------------------------
+
+    def read_objects(self, store: ObjectStore, listed: Iterable[tuple[str, int]], job: Job, *, deadline: float,
+                     tally: Tally) -> Summary:
+        """Summarize listed objects as a job of this worker does (its concurrency and limits)."""
+        concurrency = self.settings.full_mode_concurrency if job.mode == "full" else self.settings.read_concurrency
+        return summarize_listing(store, listed, mode=job.mode, columns=job.columns, deadline=deadline,
+                                 concurrency=concurrency, tally=tally, limits=self.settings.limits())
+
+    def send(self, result: dict, job: Job | None) -> tuple[dict, str]:
+        return self._send(result, job)
+
+    def incident(self, exc: BaseException, stage: str, ref: Job | JobRef | None) -> Internal:
+        return self._incident(exc, stage, ref)
+
+    def answer_of(self, job: Job, summary: Summary, tally: Tally, timings: dict[str, float]) -> dict:
+        return _answer_of(job, summary, tally, timings)
+
+    def turn(self, full: bool, *, what: str, step: str, fields: dict):
+        return self._turn(full, what=what, step=step, fields=fields)
 
     @contextmanager
     def _turn(self, full: bool, *, what: str, step: str, fields: dict):
@@ -534,55 +381,6 @@ class Worker:
             yield
         finally:
             self._full_turns.release()
-
-    def _merge(self, run_id: str) -> None:
-        """Merge a closed run's partials and publish its one answer (the same run_id on every answer)."""
-        assert self.stores is not None
-        run = self.stores.runs.get_run(run_id)
-        if run is None or run.state != MERGING:
-            return
-        from worker import partials
-
-        job = job_of(run.job)
-        builder = SummaryBuilder()
-        failed, lost = [], []
-        for shard in self.stores.runs.shards(run_id):  # streamed: one partial in memory at a time
-            if shard.state == DONE and shard.partial:
-                try:
-                    builder.add(partials.decode(self.stores.blobs.get(shard.partial)))
-                except (NotFound, partials.CorruptPartial) as e:
-                    # Gone (the bucket's lifecycle) or unreadable (another format version): the range is unread.
-                    lost.append((shard.shard_id, f"partial summary lost: {e.message}"[:MAX_REASON]))
-            elif shard.state == FAILED:
-                failed.append(shard)
-        if lost:
-            for shard_id, reason in lost:
-                self.stores.runs.transact(run_id, shard_id, decide_lost(shard_id, reason, time.time()))
-            run = self.stores.runs.get_run(run_id) or run
-            failed = list(self.stores.runs.shards(run_id, FAILED))
-        summary = builder.build()
-        now = time.time()
-        # The failed ranges take at most a quarter of what a result may weigh (keys run to 1,024 characters).
-        section = run_section(run, failed, now, max_bytes=self.settings.result_max_bytes // 4)
-        section["objects_read"] = summary.files
-        timings = {"total": (now - run.created_at) * 1000.0}
-        tally = Tally(listed=run.listed, parquet=run.parquet, refused=run.refused, first_refusal=run.first_refusal)
-        finished = run.shards_done + run.shards_failed
-        if run.shards_failed and (not tolerated(run) or run.shards_done == 0 or run.parquet == 0):
-            # Not tolerated, or no Parquet read at all: "none under the prefix" could be false (the failed ranges).
-            result = error_result(job, Incomplete(
-                f"{run.shards_failed} of {finished} key ranges of the run failed (tolerated: "
-                f"{run.tolerated_failure_percent:g}%); fanout.failed_ranges names them, and "
-                f"`python -m worker redrive {run_id}` reads only those again",
-                details={"run_id": run_id, "failed": run.shards_failed, "shards": finished}), timings)
-        else:
-            try:
-                result = _answer_of(job, summary, tally, timings)
-            except WorkerError as e:
-                result = error_result(job, e, timings)
-        result["fanout"] = section
-        _, message_id = self._send(result, job)
-        self.stores.runs.transact(run_id, None, decide_answered(message_id, time.time()))
 
 
 Progress = Callable[[int, int], None]
@@ -710,38 +508,27 @@ def summarize_listing(store: ObjectStore, listed: Iterable[tuple[str, int]], *, 
     return total.build()
 
 
-class _AlreadyDone(Exception):
-    """A shard found done by another delivery while this one was listing it."""
-
-
-def _shard_of(data: Any) -> tuple[str, str] | None:
-    """(run_id, shard_id) of a shard message (attribute kind=shard), else None."""
+def _work_of(data: Any) -> tuple[str, dict[str, str]] | None:
+    """(kind, attributes) of a message on the shard topics: ``shard`` (run_id, shard_id, generation), ``merge``
+    (run_id, task_id) or ``sweep``; None for anything else."""
     try:
         attributes = data["message"].get("attributes") or {}
     except (KeyError, TypeError, AttributeError):
         return None
-    if not isinstance(attributes, dict) or attributes.get("kind") != "shard":
+    if not isinstance(attributes, dict):
         return None
-    run_id, shard_id = attributes.get("run_id"), attributes.get("shard_id")
-    if not (isinstance(run_id, str) and run_id and isinstance(shard_id, str) and shard_id):
+    kind = attributes.get("kind")
+    needs = {"shard": ("run_id", "shard_id"), "merge": ("run_id", "task_id"), "sweep": ()}.get(kind)
+    if needs is None or not all(isinstance(attributes.get(k), str) and attributes[k] for k in needs):
         return None
-    return run_id, shard_id
+    return kind, {k: v for k, v in attributes.items() if isinstance(v, str)}
 
 
-def _sent_at_of(data: Any) -> float | None:
-    """When a shard message's copy was first sent, as a Unix time: its ``sent_at`` attribute, which a dead-lettered
-    copy keeps, else its publish time (a dead-lettered copy's: when it was dead-lettered)."""
-    try:
-        message = data["message"]
-        sent_at = (message.get("attributes") or {}).get("sent_at")
-        text = message.get("publishTime") or message.get("publish_time")
-    except (KeyError, TypeError, AttributeError):
-        return None
+def _generation(text: str | None) -> int | None:
+    """A shard message's generation attribute (None: a message from before generations, or none given)."""
     with contextlib.suppress(TypeError, ValueError):
-        if math.isfinite(at := float(sent_at)):
-            return at
-    at = parse_time(text) if isinstance(text, str) else None
-    return at.timestamp() if at is not None else None
+        return int(text)
+    return None
 
 
 def _topic_of(source: str | None) -> str | None:
@@ -773,8 +560,6 @@ def _head(listed: Iterator[tuple[str, int]], most_objects: int | None, most_byte
 def _folders(store: ObjectStore, prefix: str) -> list[str]:
     """S3's folders under ``prefix``, looking into a lone folder (up to MAX_PREFIX_DEPTH levels): where the key
     space can be cut without listing it."""
-    from worker.fanout import MAX_PREFIX_DEPTH
-
     found: list[str] = []
     for _ in range(MAX_PREFIX_DEPTH):
         folders = store.common_prefixes(prefix)

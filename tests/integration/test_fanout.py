@@ -24,7 +24,7 @@ from tests.unit.support import same_figures
 from worker.devstack.datasets import parquet_bytes
 from worker.devstack.fleet import Fleet
 from worker.devstack.proxy import RecordingProxy
-from worker.runs import ANSWERED, DONE, FAILED
+from worker.fanout.records import ANSWERED, DISPATCHED, DONE, FAILED
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -136,7 +136,7 @@ def test_duplicated_shard_messages_count_once(stack, fleet, lake, alone):
     deadline = time.monotonic() + 120
     answered_at = None
     while time.monotonic() < deadline and (answered_at is None or time.monotonic() < answered_at + 3):
-        shards = [s.shard_id for s in stack.run_store().shards(run_id)]
+        shards = [(s.shard_id, s.generation) for s in stack.run_store().shards(run_id)]
         duplicates.publish_shards(run_id, shards)
         sent += len(shards)
         stack.inbox.drain(wait_s=0.3)
@@ -147,7 +147,8 @@ def test_duplicated_shard_messages_count_once(stack, fleet, lake, alone):
     (result, _), = stack.inbox.by_job[job["job_id"]]
     assert not same_figures(result, alone("lake/day=2"))
     run = stack.run_store().get_run(run_id)
-    assert run.answers == 1 and run.shards_done == result["fanout"]["succeeded"] == result["fanout"]["shards"]
+    done = [s for s in stack.run_store().shards(run_id) if s.state == DONE]
+    assert run.answers == 1 and len(done) == result["fanout"]["succeeded"] == result["fanout"]["shards"]
 
 
 def test_an_instance_killed_mid_shard_costs_nothing(stack, fleet, lake, alone):
@@ -158,7 +159,8 @@ def test_an_instance_killed_mid_shard_costs_nothing(stack, fleet, lake, alone):
     busy = None
     while time.monotonic() < deadline and busy is None:
         run = stack.run_store().get_run(run_id)
-        if run is not None and run.in_flight:  # a shard is being read: kill the instance that reads it
+        if run is not None and stack.run_store().count_shards(run_id, [DISPATCHED]):
+            # a shard is being read: kill the instance that reads it
             busy = next((i for i, n in enumerate(fleet.balancer._busy) if n), None)
         time.sleep(0.05)
     assert busy is not None

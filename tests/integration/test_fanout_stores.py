@@ -16,13 +16,28 @@ from worker.adapters.pubsub import ShardPublisher
 from worker.devstack.processes import free_port
 from worker.devstack.stack import FIRESTORE_DATABASE, RUNS_COLLECTION
 from worker.errors import ConfigError, NotFound, Retryable
-from worker.runs import DISPATCHED, DONE, FAILED, QUEUED, Change, RunRecord, ShardRecord, shard_id_of
+from worker.fanout import decisions as d
+from worker.fanout.records import (
+    DISPATCHED,
+    DONE,
+    FAILED,
+    QUEUED,
+    Change,
+    Lease,
+    MergeTask,
+    Reads,
+    RunRecord,
+    ShardRecord,
+    shard_id_of,
+    task_id_of,
+)
 from worker.tools.pubsub import pull_now
 
 
 def new_run(max_in_flight: int = 50, **fields) -> RunRecord:
-    return RunRecord(run_id=f"run-{uuid.uuid4().hex[:12]}", job={"bucket": "b", "prefix": "p/"},
-                     created_at=time.time(), max_in_flight=max_in_flight, **fields)
+    job = json.dumps({"bucket": "b", "prefix": "p/", "attributes": {"__x__": "reserved in Firestore"}})
+    return RunRecord(run_id=f"run-{uuid.uuid4().hex[:12]}", job_json=job, created_at=time.time(),
+                     max_in_flight=max_in_flight, **fields)
 
 
 def shards_of(run: RunRecord, bounds: list[str | None], state: str = QUEUED) -> list[ShardRecord]:
@@ -31,105 +46,146 @@ def shards_of(run: RunRecord, bounds: list[str | None], state: str = QUEUED) -> 
             for start, stop in itertools.pairwise(bounds)]
 
 
-def create(store: FirestoreRunStore, run: RunRecord, shards: list[ShardRecord]) -> None:
-    run.shards_total = run.shards_open = len(shards)
-    store.transact(run.run_id, None, lambda r, s, q: Change(run=run, shards=shards))
-
-
-def test_transact_creates_then_updates(stack):
+def test_a_run_is_created_once_with_its_shards(stack):
     store = stack.run_store()
     run = new_run()
     shards = shards_of(run, [None, "m", None])
-    seen = []
-
-    def open_run(r, s, queued):
-        seen.append((r, s, queued))
-        return Change(run=run, shards=shards, value="opened")
-
-    assert store.transact(run.run_id, None, open_run) == "opened"
-    assert seen == [(None, None, [])]
+    assert store.create_run(run, shards) is True
+    assert store.create_run(run, shards_of(run, [None, None])) is False  # a redelivered job: nothing more
     assert store.get_run(run.run_id) == run
     assert [store.get_shard(run.run_id, s.shard_id) for s in shards] == shards
+    assert len(list(store.shards(run.run_id))) == 2
 
+
+def test_transact_reads_what_it_names_and_writes_what_decide_returns(stack):
+    store = stack.run_store()
+    run = new_run()
+    shards = shards_of(run, [None, "m", None])
+    store.create_run(run, shards)
     first = shards[0]
+    seen = []
 
-    def dispatch(r, s, queued):
-        assert (r, s) == (run, first)
-        r.in_flight += 1
-        s.state = DISPATCHED
-        return Change(run=r, shards=[s], value=r.in_flight)
+    def dispatch(view):
+        seen.append(view)
+        shard = view.shards[first.shard_id]
+        shard.state = DISPATCHED
+        return Change(shards=[shard], value="sent")
 
-    assert store.transact(run.run_id, first.shard_id, dispatch) == 1
-    assert store.get_run(run.run_id).in_flight == 1
+    assert store.transact(run.run_id, Reads(run=True, shards=(first.shard_id, "nope")), dispatch) == "sent"
+    assert seen[-1].run == run and seen[-1].shards["nope"] is None
     assert store.get_shard(run.run_id, first.shard_id).state == DISPATCHED
     assert store.get_shard(run.run_id, shards[1].shard_id).state == QUEUED
+    assert store.count_shards(run.run_id, [DISPATCHED]) == 1
+    assert store.count_shards(run.run_id, [QUEUED, DISPATCHED]) == 2
 
 
 def test_a_change_with_nothing_writes_nothing(stack):
     store = stack.run_store()
     run = new_run()
-    assert store.transact(run.run_id, "no-such-shard", lambda r, s, q: Change(value=(r, s, q))) == (None, None, [])
+    assert store.transact(run.run_id, Reads(run=True, shards=("no-such-shard",)),
+                          lambda view: Change(value=(view.run, view.shards))) == (None, {"no-such-shard": None})
     assert store.get_run(run.run_id) is None
     assert store.get_shard(run.run_id, "no-such-shard") is None
 
 
-def test_decide_sees_queued_shards_up_to_the_cap(stack):
+def test_decide_sees_queued_shards_from_a_random_place(stack):
     store = stack.run_store()
-    run = new_run(max_in_flight=5, in_flight=2)
-    bounds = [None, *[f"k{i:02d}" for i in range(1, 10)], None]
+    run = new_run()
+    bounds = [None, *[f"k{i:02d}" for i in range(1, 30)], None]
     shards = shards_of(run, bounds)
     for shard in shards[:3]:
         shard.state = DISPATCHED
-    create(store, run, shards)
+    store.create_run(run, shards)
     queued_ids = {s.shard_id for s in shards if s.state == QUEUED}
-
-    seen = store.transact(run.run_id, None, lambda r, s, queued: Change(value=queued))
-    assert len(seen) == 4  # max_in_flight 5 - in_flight 2, and one for the slot a commit may free: of the 7 queued
-    assert all(s.state == QUEUED and s.shard_id in queued_ids for s in seen)
-    assert [s.shard_id for s in seen] == sorted(s.shard_id for s in seen)
-
-    def fill(r, s, queued):
-        r.in_flight = r.max_in_flight
-        return Change(run=r)
-
-    store.transact(run.run_id, None, fill)
-    assert len(store.transact(run.run_id, None, lambda r, s, queued: Change(value=queued))) == 1  # the freed slot
+    firsts = set()
+    for _ in range(8):
+        seen = store.transact(run.run_id, Reads(queued=4), lambda view: Change(value=view.queued))
+        assert len(seen) == 4 and all(s.state == QUEUED and s.shard_id in queued_ids for s in seen)
+        firsts.add(seen[0].shard_id)
+    assert len(firsts) > 1  # not always the same first ones: concurrent commits mostly pick different shards
 
 
-def test_concurrent_increments_each_count_once(stack):
-    """Two instances (threads with clients of their own) commit 6 increments of one run at once. On the emulator
-    two overlapping transactions on one document deadlock until its 10 s lock timeout aborts one, and a transaction
-    can lose every attempt: that ``Retryable`` wrote nothing, so the caller runs it again (as a redelivery would)."""
+def test_documents_carry_an_expiry_for_the_ttl_policy(stack):
+    from google.cloud import firestore
+
+    store = stack.run_store()
     run = new_run()
-    create(stack.run_store(), run, [])
-    per_thread, calls, values, retried = 3, [], [], []
+    shard = shards_of(run, [None, None])[0]
+    store.create_run(run, [shard])
+    client = firestore.Client(project=stack.project, database=FIRESTORE_DATABASE)
+    doc = client.collection(RUNS_COLLECTION).document(run.run_id).get().to_dict()
+    assert doc["expire_at"].timestamp() > time.time() + 86400
+    shard_doc = client.collection(RUNS_COLLECTION).document(run.run_id).collection("shards").document(
+        shard.shard_id).get().to_dict()
+    assert shard_doc["expire_at"].timestamp() > time.time() + 86400
 
-    def increment(r, s, queued):
-        calls.append(1)
-        r.shards_done += 1
-        return Change(run=r, value=r.shards_done)
 
-    def instance():
+def test_a_job_whose_attributes_are_reserved_field_names_is_stored(stack):
+    """Firestore refuses a field named like ``__x__``: the job is one JSON string in the run's record."""
+    store = stack.run_store()
+    run = new_run()
+    assert store.create_run(run, [])
+    assert json.loads(store.get_run(run.run_id).job_json)["attributes"] == {"__x__": "reserved in Firestore"}
+
+
+def test_merge_tasks_are_created_once_and_listed_by_level(stack):
+    store = stack.run_store()
+    run = new_run()
+    store.create_run(run, [])
+    tasks = d.plan_level(1, 1, [f"in-{i}" for i in range(7)], 3, time.time())
+    store.create_tasks(run.run_id, tasks)
+    done = tasks[0].copy()
+    done.state, done.output = "done", "out-0"
+    store.transact(run.run_id, Reads(tasks=(done.task_id,)), lambda view: Change(tasks=[done]))
+    store.create_tasks(run.run_id, tasks)  # again: the done task stays done
+    listed = list(store.tasks(run.run_id, 1, 1))
+    assert [t.index for t in listed] == [0, 1, 2] and listed[0].state == "done" and listed[2].inputs == ["in-6"]
+    assert store.open_tasks(run.run_id, 1, 1) == 2 and list(store.tasks(run.run_id, 1, 2)) == []
+    assert store.get_task(run.run_id, task_id_of(1, 1, 1)).inputs == ["in-3", "in-4", "in-5"]
+    assert isinstance(store.get_task(run.run_id, task_id_of(1, 1, 1)), MergeTask)
+
+
+def test_runs_are_listed_by_state(stack):
+    store = stack.run_store()
+    merging = new_run(state="merging")
+    answered = new_run(state="answered")
+    store.create_run(merging, [])
+    store.create_run(answered, [])
+    found = {r.run_id for r in store.runs(["running", "merging"])}
+    assert merging.run_id in found and answered.run_id not in found
+
+
+def test_a_lease_goes_to_one_of_two_contending_deliveries(stack):
+    """Two instances (threads with clients of their own) take one shard's lease at once: one gets it; the other
+    finds it busy. On the emulator two overlapping transactions on one document stall until its lock timeout
+    aborts one, which may then lose every attempt: that ``Retryable`` wrote nothing and is tried again, as a
+    redelivery would."""
+    run = new_run()
+    (shard,) = shards_of(run, [None, None], state=DISPATCHED)
+    stack.run_store().create_run(run, [shard])
+    verdicts, retried = [], []
+
+    def instance(token):
         store = FirestoreRunStore.from_settings(stack.project, FIRESTORE_DATABASE, RUNS_COLLECTION)
         try:
-            for _ in range(per_thread):
-                while True:
-                    try:
-                        values.append(store.transact(run.run_id, None, increment))
-                        break
-                    except Retryable as e:
-                        retried.append(e)
+            while True:
+                try:
+                    verdicts.append(store.transact(run.run_id, Reads(shards=(shard.shard_id,)), d.lease_shard(
+                        shard.shard_id, None, token, time.time(), 60)).verdict)
+                    return
+                except Retryable as e:
+                    retried.append(e)
         finally:
             store.close()
 
-    threads = [threading.Thread(target=instance) for _ in range(2)]
+    threads = [threading.Thread(target=instance, args=(f"t{i}",)) for i in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=240)
-    assert stack.run_store().get_run(run.run_id).shards_done == 2 * per_thread
-    assert sorted(values) == list(range(1, 2 * per_thread + 1))  # each commit saw the one before it
-    assert len(calls) >= 2 * per_thread + len(retried)  # decide runs again for each retried attempt
+    assert sorted(verdicts) == ["busy", "leased"]
+    record = stack.run_store().get_shard(run.run_id, shard.shard_id)
+    assert record.attempts == 1 and record.lease.owner in ("t0", "t1") and isinstance(record.lease, Lease)
     assert all("contention" in e.message for e in retried)
 
 
@@ -140,8 +196,8 @@ def test_shards_stream_in_id_order_and_by_state(stack):
     shards = shards_of(run, bounds)
     for i, shard in enumerate(shards):
         shard.state = (DONE, QUEUED, FAILED)[i % 3]
-    create(store, run, shards[:400])  # at most 500 writes per transaction
-    store.transact(run.run_id, None, lambda r, s, q: Change(shards=shards[400:]))
+    store.create_run(run, shards[:400])  # at most 500 writes per batch
+    store.transact(run.run_id, Reads(), lambda view: Change(shards=shards[400:]))
 
     listed = list(store.shards(run.run_id))
     assert [s.shard_id for s in listed] == sorted(s.shard_id for s in shards)
@@ -150,19 +206,7 @@ def test_shards_stream_in_id_order_and_by_state(stack):
     assert [s.shard_id for s in done] == sorted(s.shard_id for s in shards if s.state == DONE)
     assert list(store.shards(run.run_id, DISPATCHED)) == []
     assert list(store.shards("no-such-run")) == []
-
-
-def test_note_attempt_counts_on_the_shard_only(stack):
-    store = stack.run_store()
-    run = new_run()
-    shard = shards_of(run, [None, None])[0]
-    create(store, run, [shard])
-    store.note_attempt(run.run_id, shard.shard_id)
-    store.note_attempt(run.run_id, shard.shard_id)
-    assert store.get_shard(run.run_id, shard.shard_id).attempts == 2
-    assert store.get_run(run.run_id) == run
-    with pytest.raises(NotFound, match="no-such-shard"):
-        store.note_attempt(run.run_id, "no-such-shard")
+    assert store.count_shards(run.run_id, [QUEUED]) == len([s for s in shards if s.state == QUEUED])
 
 
 def test_put_once_keeps_the_first_blob(stack):
@@ -184,25 +228,24 @@ def test_shard_messages_carry_run_and_shard(stack):
     subscription = f"projects/{stack.project}/subscriptions/{topic_id}-pull"
     stack.publisher.create_topic(name=topic)
     stack.subscriber.create_subscription(request={"name": subscription, "topic": topic})
-    before = time.time()
-    ShardPublisher(topic).publish_shards("run-1", ["s-a", "s-b", "s-c"])
-    after = time.time()
+    ShardPublisher(topic).publish_shards("run-1", [("s-a", 1), ("s-b", 2), ("s-c", 1)])
+    ShardPublisher(topic).publish_tasks("run-1", ["0001-01-0000000"])
 
     received, deadline = [], time.monotonic() + 30
-    while len(received) < 3 and time.monotonic() < deadline:
+    while len(received) < 4 and time.monotonic() < deadline:
         received += pull_now(stack.subscriber, subscription, wait_s=1.0)
     messages = sorted(((json.loads(m.message.data), dict(m.message.attributes)) for m in received),
-                      key=lambda m: m[0]["shard_id"])
-    # sent_at: when the copy was sent (a dead-lettered copy keeps it, so a late one from before a redrive is known)
-    sent = {float(attributes.pop("sent_at")) for _, attributes in messages}
-    assert len(sent) == 1 and before - 0.001 <= sent.pop() <= after + 0.001
-    assert messages == [({"run_id": "run-1", "shard_id": s}, {"kind": "shard", "run_id": "run-1", "shard_id": s})
-                        for s in ("s-a", "s-b", "s-c")]
+                      key=lambda m: m[0].get("shard_id", ""))
+    # the generation: a copy of an older dispatch (dead-lettered or not) is known for stale
+    shards = [{"kind": "shard", "run_id": "run-1", "shard_id": s, "generation": g}
+              for s, g in (("s-a", "1"), ("s-b", "2"), ("s-c", "1"))]
+    task = {"kind": "merge", "run_id": "run-1", "task_id": "0001-01-0000000"}
+    assert messages == [(task, task), *[(m, m) for m in shards]]
 
 
 def test_publishing_to_a_missing_shard_topic_is_retryable(stack):
     with pytest.raises(Retryable, match=r"SHARD_TOPIC .* does not exist"):
-        ShardPublisher(f"projects/{stack.project}/topics/never-made").publish_shards("run-1", ["s-a"])
+        ShardPublisher(f"projects/{stack.project}/topics/never-made").publish_shards("run-1", [("s-a", 1)])
 
 
 def test_firestore_down_is_retryable(stack, monkeypatch):
@@ -217,7 +260,7 @@ def test_firestore_down_is_retryable(stack, monkeypatch):
     with pytest.raises(Retryable):
         list(store.shards("some-run"))
     with pytest.raises(Retryable):
-        store.note_attempt("some-run", "some-shard")
+        store.count_shards("some-run", [QUEUED])
     assert time.monotonic() - started < 20
     store.close()
 

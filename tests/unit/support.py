@@ -51,65 +51,143 @@ class MemoryStore:
 
 class MemoryRuns:
     """The RunStore protocol over dicts, one lock standing for Firestore's transactions (records are copied in
-    and out, as a database would). For the pure run logic only: the Firestore adapter is tested on the emulator."""
+    and out, as a database would). For the pure run logic only: the Firestore adapter is tested on the emulator.
+    ``writes`` counts writes per document (path), ``transactions`` the transactions."""
 
     def __init__(self):
+        import collections
         import threading
 
-        self.lock = threading.Lock()
-        self.runs: dict = {}
+        self.lock = threading.RLock()
+        self.run_docs: dict = {}
         self.shard_docs: dict = {}
+        self.task_docs: dict = {}
         self.transactions = 0
+        self.writes = collections.Counter()
 
-    def transact(self, run_id, shard_id, decide):
+    def transact(self, run_id, reads, decide):
         import copy
+        import random
 
-        from worker.runs import QUEUED, RunRecord, ShardRecord
+        from worker.fanout.records import QUEUED, MergeTask, RunRecord, ShardRecord, View
 
         with self.lock:
             self.transactions += 1
-            run = self.runs.get(run_id)
-            run = RunRecord.from_doc(copy.deepcopy(run)) if run is not None else None
-            shard = self.shard_docs.get((run_id, shard_id)) if shard_id else None
-            shard = ShardRecord.from_doc(copy.deepcopy(shard)) if shard is not None else None
-            from worker.runs import queued_wanted
-
-            room = queued_wanted(run)
-            queued = [ShardRecord.from_doc(copy.deepcopy(d)) for (r, _), d in sorted(self.shard_docs.items())
-                      if r == run_id and d["state"] == QUEUED][:room]
-            change = decide(run, shard, queued)
+            view = View()
+            if reads.run:
+                doc = self.run_docs.get(run_id)
+                view.run = RunRecord.from_doc(copy.deepcopy(doc)) if doc is not None else None
+            for shard_id in reads.shards:
+                doc = self.shard_docs.get((run_id, shard_id))
+                view.shards[shard_id] = ShardRecord.from_doc(copy.deepcopy(doc)) if doc is not None else None
+            for task_id in reads.tasks:
+                doc = self.task_docs.get((run_id, task_id))
+                view.tasks[task_id] = MergeTask.from_doc(copy.deepcopy(doc)) if doc is not None else None
+            if reads.queued:
+                queued = [k for (r, k), d in sorted(self.shard_docs.items()) if r == run_id and d["state"] == QUEUED
+                          and k not in view.shards]
+                at = random.randrange(len(queued)) if queued else 0
+                picked = (queued[at:] + queued[:at])[:reads.queued]
+                view.queued = [ShardRecord.from_doc(copy.deepcopy(self.shard_docs[(run_id, k)])) for k in picked]
+            change = decide(view)
             if change.run is not None:
-                self.runs[run_id] = copy.deepcopy(change.run.to_doc())
+                self.run_docs[run_id] = copy.deepcopy(change.run.to_doc())
+                self.writes[run_id] += 1
             for record in change.shards:
                 self.shard_docs[(run_id, record.shard_id)] = copy.deepcopy(record.to_doc())
+                self.writes[f"{run_id}/shards/{record.shard_id}"] += 1
+            for task in change.tasks:
+                self.task_docs[(run_id, task.task_id)] = copy.deepcopy(task.to_doc())
+                self.writes[f"{run_id}/merges/{task.task_id}"] += 1
             return change.value
 
-    def get_run(self, run_id):
-        from worker.runs import RunRecord
+    def create_run(self, run, shards):
+        import copy
 
         with self.lock:
-            doc = self.runs.get(run_id)
-            return RunRecord.from_doc(dict(doc)) if doc is not None else None
+            if run.run_id in self.run_docs:
+                return False
+            self.run_docs[run.run_id] = copy.deepcopy(run.to_doc())
+            self.writes[run.run_id] += 1
+            for shard in shards:
+                self.shard_docs[(run.run_id, shard.shard_id)] = copy.deepcopy(shard.to_doc())
+                self.writes[f"{run.run_id}/shards/{shard.shard_id}"] += 1
+            return True
+
+    def create_tasks(self, run_id, tasks):
+        import copy
+
+        with self.lock:
+            for task in tasks:
+                if (run_id, task.task_id) not in self.task_docs:
+                    self.task_docs[(run_id, task.task_id)] = copy.deepcopy(task.to_doc())
+                    self.writes[f"{run_id}/merges/{task.task_id}"] += 1
+
+    def get_run(self, run_id):
+        import copy
+
+        from worker.fanout.records import RunRecord
+
+        with self.lock:
+            doc = self.run_docs.get(run_id)
+            return RunRecord.from_doc(copy.deepcopy(doc)) if doc is not None else None
 
     def get_shard(self, run_id, shard_id):
-        from worker.runs import ShardRecord
+        import copy
+
+        from worker.fanout.records import ShardRecord
 
         with self.lock:
             doc = self.shard_docs.get((run_id, shard_id))
-            return ShardRecord.from_doc(dict(doc)) if doc is not None else None
+            return ShardRecord.from_doc(copy.deepcopy(doc)) if doc is not None else None
+
+    def get_task(self, run_id, task_id):
+        import copy
+
+        from worker.fanout.records import MergeTask
+
+        with self.lock:
+            doc = self.task_docs.get((run_id, task_id))
+            return MergeTask.from_doc(copy.deepcopy(doc)) if doc is not None else None
 
     def shards(self, run_id, state=None):
-        from worker.runs import ShardRecord
+        import copy
+
+        from worker.fanout.records import ShardRecord
 
         with self.lock:
-            docs = [d for (r, _), d in sorted(self.shard_docs.items()) if r == run_id
+            docs = [copy.deepcopy(d) for (r, _), d in sorted(self.shard_docs.items()) if r == run_id
                     and (state is None or d["state"] == state)]
         for doc in docs:
-            yield ShardRecord.from_doc(dict(doc))
+            yield ShardRecord.from_doc(doc)
 
-    def note_attempt(self, run_id, shard_id):
+    def count_shards(self, run_id, states):
         with self.lock:
-            self.shard_docs[(run_id, shard_id)]["attempts"] += 1
+            return sum(1 for (r, _), d in self.shard_docs.items() if r == run_id and d["state"] in states)
+
+    def tasks(self, run_id, round_, level):
+        import copy
+
+        from worker.fanout.records import MergeTask
+
+        with self.lock:
+            docs = [copy.deepcopy(d) for (r, _), d in sorted(self.task_docs.items()) if r == run_id
+                    and d["round"] == round_ and d["level"] == level]
+        for doc in docs:
+            yield MergeTask.from_doc(doc)
+
+    def open_tasks(self, run_id, round_, level):
+        return sum(1 for t in self.tasks(run_id, round_, level) if t.state != "done")
+
+    def runs(self, states):
+        import copy
+
+        from worker.fanout.records import RunRecord
+
+        with self.lock:
+            docs = [copy.deepcopy(d) for _, d in sorted(self.run_docs.items()) if d["state"] in states]
+        for doc in docs:
+            yield RunRecord.from_doc(doc)
 
 
 class MemoryBlobs:
@@ -131,13 +209,17 @@ class MemoryBlobs:
 
 
 class MemoryShardQueue:
-    """The ShardPublisher protocol over a list: what a test delivers, in any order, as often as it likes."""
+    """The ShardPublisher protocol over a list: what a test delivers, in any order, as often as it likes. A shard's
+    message is ("shard", run_id, shard_id, generation), a merge task's ("merge", run_id, task_id, None)."""
 
     def __init__(self):
-        self.messages: list[tuple[str, str]] = []
+        self.messages: list[tuple[str, str, str, int | None]] = []
 
-    def publish_shards(self, run_id, shard_ids):
-        self.messages.extend((run_id, s) for s in shard_ids)
+    def publish_shards(self, run_id, shards):
+        self.messages.extend(("shard", run_id, s, g) for s, g in shards)
+
+    def publish_tasks(self, run_id, task_ids):
+        self.messages.extend(("merge", run_id, t, None) for t in task_ids)
 
 
 def same_figures(a, b, path: str = "") -> list[str]:

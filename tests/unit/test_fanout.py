@@ -22,18 +22,9 @@ from hypothesis import strategies as st
 from tests.unit.reaching import Branches
 from tests.unit.support import MemoryBlobs, MemoryRuns, MemoryShardQueue, MemoryStore, same_figures
 from worker.config import Settings
-from worker.fanout import (
-    INITIAL_SHARDS_MAX,
-    Stores,
-    after,
-    first_split,
-    list_range,
-    redrive,
-    set_cap,
-    split_unread,
-    status_of,
-)
-from worker.runs import ANSWERED, FAILED
+from worker.fanout.coordinator import Stores, status_of
+from worker.fanout.ranges import INITIAL_SHARDS_MAX, after, first_split, list_range, split_unread
+from worker.fanout.records import ANSWERED, FAILED
 from worker.service import Worker
 
 DLQ = "projects/p/topics/shards-dead-letter"
@@ -150,10 +141,15 @@ def _job_message(job: dict, message_id: str = "m-1") -> dict:
                         "attributes": {}}}
 
 
-def _shard_message(run_id: str, shard_id: str, **attributes: str) -> dict:
-    data = json.dumps({"run_id": run_id, "shard_id": shard_id}).encode()
-    return {"message": {"data": base64.b64encode(data).decode(), "messageId": f"s-{shard_id}",
-                        "attributes": {"kind": "shard", "run_id": run_id, "shard_id": shard_id, **attributes}}}
+def _shard_message(kind: str, run_id: str, work_id: str, generation: int | None = None, **attributes: str) -> dict:
+    """A message on the shard topic: a shard's (kind ``shard``) or a merge task's (``merge``)."""
+    key = "shard_id" if kind == "shard" else "task_id"
+    fields = {"kind": kind, "run_id": run_id, key: work_id}
+    if generation is not None:
+        fields["generation"] = str(generation)
+    data = json.dumps(fields).encode()
+    return {"message": {"data": base64.b64encode(data).decode(), "messageId": f"s-{work_id}",
+                        "attributes": {**fields, **attributes}}}
 
 
 def slow_fetches(monkeypatch, worker, seconds: float) -> None:
@@ -168,23 +164,35 @@ def slow_fetches(monkeypatch, worker, seconds: float) -> None:
     monkeypatch.setattr(store, "fetch", slow)
 
 
+def deliver(worker, message, *, dead: bool = False) -> None:
+    source = f"//pubsub.googleapis.com/{DLQ if dead else SHARDS}"
+    worker.handle_pubsub(_shard_message(*message), f"s-{message[2]}", source=source)
+
+
 def _deliver_all(worker, stores, rng: random.Random, *, duplicates: float = 0.0, dead: set[str] = frozenset(),
                  check_cap: bool = True) -> int:
-    """Deliver every published shard message in random order (some twice); return the deliveries."""
+    """Deliver every published message in random order (some twice); return the deliveries. With ``check_cap``, the
+    shards dispatched at once never exceed the run's cap (deliveries here are one at a time: no concurrent commits
+    to overshoot it)."""
     queue = stores.shards.messages
     delivered = 0
     while queue:
-        run_id, shard_id = queue.pop(rng.randrange(len(queue)))
+        message = queue.pop(rng.randrange(len(queue)))
         if rng.random() < duplicates:
-            queue.append((run_id, shard_id))
-        source = f"//pubsub.googleapis.com/{DLQ}" if shard_id in dead else SHARD_SOURCE
-        worker.handle_pubsub(_shard_message(run_id, shard_id), f"s-{shard_id}", source=source)
+            queue.append(message)
+        deliver(worker, message, dead=message[2] in dead)
         delivered += 1
-        run = stores.runs.get_run(run_id)
+        run = stores.runs.get_run(message[1])
         if check_cap:
-            assert run.in_flight <= run.max_in_flight
+            assert stores.runs.count_shards(run.run_id, ["dispatched"]) <= run.max_in_flight
     return delivered
 
+
+def _alone(objects, job, **overrides) -> dict:
+    """The answer of one instance (fan_out never) over ``objects``."""
+    alone, _, out = _worker(objects, **overrides)
+    alone.handle_pubsub(_job_message({**job, "fan_out": {"mode": "never"}}, "m-0"), "m-0")
+    return out.sent[0]
 
 
 @pytest.mark.parametrize("mode", ["metadata", "full"])
@@ -192,21 +200,37 @@ def _deliver_all(worker, stores, rng: random.Random, *, duplicates: float = 0.0,
 def test_a_fanned_out_run_answers_once_with_the_figures_of_one_instance(mode, seed):
     objects = _lake()
     job = {"bucket": "bkt", "prefix": "lake/", "mode": mode}
-    alone, _, alone_out = _worker(objects)
-    alone.handle_pubsub(_job_message({**job, "fan_out": {"mode": "never"}}, "m-0"), "m-0")
     worker, stores, out = _worker(objects)
     assert worker.handle_pubsub(_job_message(job), "m-1") is None  # fanned out: the run answers
     assert out.sent == []
     deliveries = _deliver_all(worker, stores, random.Random(seed), duplicates=0.3)
     (result,) = out.sent
     run = stores.runs.get_run("m-1")
-    assert run.state == ANSWERED and run.shards_done == run.shards_total > 5
-    assert deliveries > run.shards_total  # duplicates were delivered, and counted once
-    assert not same_figures(result, alone_out.sent[0])
+    shards = list(stores.runs.shards("m-1"))
+    assert run.state == ANSWERED and all(s.state == "done" for s in shards) and len(shards) > 5
+    assert deliveries > len(shards)  # duplicates were delivered, and counted once
+    assert not same_figures(result, _alone(objects, job))
     fan = result["fanout"]
-    assert fan["run_id"] == "m-1" and fan["failed"] == 0 and fan["coverage"] == 1.0
+    assert fan["run_id"] == "m-1" and fan["failed"] == 0 and fan["coverage"] == 1.0 and fan["coverage_exact"]
+    assert fan["shards"] == len(shards) and fan["succeeded"] == len(shards)
     assert fan["objects_listed"] == len(objects) and fan["objects_read"] == result["files"] == 120
     assert fan["bytes_listed"] == sum(len(v) for v in objects.values())
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_partials_merge_in_a_tree_of_bounded_tasks_with_the_figures_of_one_instance(seed):
+    objects = _lake(120)
+    job = {"bucket": "bkt", "prefix": "lake/", "mode": "full"}
+    worker, stores, out = _worker(objects, shard_objects=4, merge_fan_in=3)
+    worker.handle_pubsub(_job_message(job), "m-1")
+    _deliver_all(worker, stores, random.Random(seed), duplicates=0.2)
+    (result,) = out.sent
+    assert not same_figures(result, _alone(objects, job))
+    tasks = [doc for (run_id, _), doc in stores.runs.task_docs.items() if run_id == "m-1"]
+    levels = {t["level"] for t in tasks}
+    assert len(levels) >= 2, levels  # a tree: more than one level of tasks
+    assert all(len(t["inputs"]) <= 3 for t in tasks)  # no task merged more than MERGE_FAN_IN
+    assert result["fanout"]["objects_read"] == 120
 
 
 def test_the_cap_on_shards_in_flight_holds_and_can_change_while_the_run_goes():
@@ -214,18 +238,28 @@ def test_the_cap_on_shards_in_flight_holds_and_can_change_while_the_run_goes():
     worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/", "fan_out": {"max_in_flight": 1}}), "m-1")
     assert len(stores.shards.messages) == 1
     run = stores.runs.get_run("m-1")
-    assert run.max_in_flight == 1 and run.in_flight == 1 and run.shards_open > 1
-    set_cap(stores, "m-1", 3)
-    assert len(stores.shards.messages) == 3 and stores.runs.get_run("m-1").in_flight == 3
+    assert run.max_in_flight == 1 and stores.runs.count_shards("m-1", ["queued"]) > 1
+    worker.coordinator.set_cap("m-1", 3)
+    assert len(stores.shards.messages) == 3 and stores.runs.count_shards("m-1", ["dispatched"]) == 3
     _deliver_all(worker, stores, random.Random(3))
     assert len(out.sent) == 1 and out.sent[0]["status"] == "ok"
+
+
+def test_a_cap_above_the_workers_ceiling_is_clamped_and_the_answer_says_so():
+    worker, stores, out = _worker(_lake(60), fanout_max_in_flight=4)
+    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/", "fan_out": {"max_in_flight": 900}}),
+                         "m-1")
+    assert len(stores.shards.messages) == 4
+    _deliver_all(worker, stores, random.Random(3))
+    fan = out.sent[0]["fanout"]
+    assert fan["max_in_flight"] == 4 and fan["max_in_flight_requested"] == 900
 
 
 def test_a_dead_lettered_range_makes_the_answer_incomplete_and_a_redrive_completes_it():
     objects = _lake(80)
     worker, stores, out = _worker(objects)
     worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
-    victim = stores.shards.messages[0][1]
+    victim = stores.shards.messages[0][2]
     _deliver_all(worker, stores, random.Random(4), dead={victim})
     (first,) = out.sent
     assert first["status"] == "error" and first["error"]["code"] == "incomplete"
@@ -233,25 +267,40 @@ def test_a_dead_lettered_range_makes_the_answer_incomplete_and_a_redrive_complet
     (failed,) = first["fanout"]["failed_ranges"]
     assert failed["shard_id"] == victim and "dead-lettered" in failed["error"]
     assert [s.shard_id for s in stores.runs.shards("m-1", FAILED)] == [victim]
-    assert redrive(stores, "m-1") == [victim]
+    assert worker.coordinator.redrive("m-1") == [victim]
     _deliver_all(worker, stores, random.Random(5))
     second = out.sent[1]
     assert second["status"] == "ok" and second["fanout"]["answer"] == 2 and second["fanout"]["redrives"] == 1
-    alone, _, alone_out = _worker(objects)
-    alone.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/", "fan_out": {"mode": "never"}}, "m-0"), "m-0")
-    assert not same_figures(second, alone_out.sent[0])
+    assert not same_figures(second, _alone(objects, {"bucket": "bkt", "prefix": "lake/"}))
 
 
 def test_a_tolerated_failure_answers_ok_with_the_failed_range_and_the_coverage():
     worker, stores, out = _worker(_lake(80))
     worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/",
                                        "fan_out": {"tolerated_failure_percent": 50}}), "m-1")
-    victim = stores.shards.messages[0][1]
+    victim = stores.shards.messages[0][2]
     _deliver_all(worker, stores, random.Random(6), dead={victim})
     (result,) = out.sent
     fan = result["fanout"]
     assert result["status"] == "ok" and fan["failed"] == 1 and 0 < fan["coverage"] < 1
     assert result["files"] < 80 and fan["failed_ranges"][0]["shard_id"] == victim
+
+
+def test_tolerance_and_coverage_count_objects_not_shards():
+    """A flat prefix of 200 objects in shards of 110 and 90: the dead-lettered shard held 110 of them. Counting
+    shards said coverage 0.5 (or, with more small shards, 0.95); in objects it is 90/200, and a 50% tolerance of
+    objects does not cover it."""
+    objects = {f"flat/k{i:04d}.parquet": _parquet(pa.table({"x": [i]})) for i in range(200)}
+    worker, stores, out = _worker(objects, shard_objects=110, fanout_min_objects=200)
+    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "flat/",
+                                       "fan_out": {"tolerated_failure_percent": 50}}), "m-1")
+    big = next(s for s in stores.runs.shards("m-1") if s.expected_objects == 110)
+    _deliver_all(worker, stores, random.Random(6), dead={big.shard_id})
+    (result,) = out.sent
+    fan = result["fanout"]
+    assert result["status"] == "error" and result["error"]["code"] == "incomplete"
+    assert fan["objects_failed"] == 110 and fan["coverage"] == round(90 / 200, 6) and fan["coverage_exact"]
+    assert fan["failed_ranges"][0]["objects"] == 110
 
 
 def test_a_shard_out_of_time_hands_its_unread_keys_on_and_the_run_completes(monkeypatch):
@@ -270,9 +319,8 @@ def test_a_shard_out_of_time_hands_its_unread_keys_on_and_the_run_completes(monk
 def test_status_reports_progress_and_an_estimate():
     worker, stores, _ = _worker(_lake(60))
     worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
-    run_id, shard_id = stores.shards.messages.pop(0)
-    worker.handle_pubsub(_shard_message(run_id, shard_id), "s-1", source=SHARD_SOURCE)
-    status = status_of(stores.runs.get_run("m-1"))
+    deliver(worker, stores.shards.messages.pop(0))
+    status = status_of(worker.coordinator, "m-1")
     assert status["state"] == "running" and status["shards_done"] == 1 and status["eta_seconds"] is not None
     assert status["objects_listed"] > 0
 
@@ -281,10 +329,10 @@ def test_a_redelivered_job_message_starts_no_second_run():
     worker, stores, out = _worker(_lake(60))
     worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
     first = list(stores.shards.messages)
-    total = stores.runs.get_run("m-1").shards_total
+    total = len(list(stores.runs.shards("m-1")))
     worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
     assert sorted(stores.shards.messages[len(first):]) == sorted(first)  # the same shards again, no new ones
-    assert stores.runs.get_run("m-1").shards_total == total
+    assert len(list(stores.runs.shards("m-1"))) == total
     _deliver_all(worker, stores, random.Random(8))
     assert len(out.sent) == 1
 
@@ -295,75 +343,3 @@ def test_small_jobs_and_http_jobs_run_on_one_instance():
     assert len(out.sent) == 1 and "fanout" not in out.sent[0] and not stores.shards.messages
     answer = worker.handle_http(json.dumps({"bucket": "bkt", "prefix": "lake/", "fan_out": {"mode": "always"}}))
     assert answer["error"]["code"] == "invalid_job" and "HTTP" in answer["error"]["message"]
-
-
-def test_a_second_delivery_of_the_closing_shard_builds_the_answer_only_if_the_first_is_gone(monkeypatch):
-    from worker.errors import Retryable, Unavailable
-
-    worker, stores, out = _worker(_lake(40))
-    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
-    calls = {"n": 0}
-    send = out.publish
-
-    def publish_fails_once(result, topic=None):  # the merger dies while publishing (no answer goes out)
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise Unavailable("Pub/Sub unavailable")
-        return send(result, topic)
-
-    monkeypatch.setattr(out, "publish", publish_fails_once)
-    closing = None
-    with pytest.raises(Retryable):
-        while stores.shards.messages:
-            closing = stores.shards.messages.pop(0)
-            worker.handle_pubsub(_shard_message(*closing), "s", source=SHARD_SOURCE)
-    assert stores.runs.get_run("m-1").state == "merging" and out.sent == []
-    with pytest.raises(Retryable, match="another delivery is building the answer"):
-        # soon after: the first may still be at it
-        worker.handle_pubsub(_shard_message(*closing), "s", source=SHARD_SOURCE)
-    later = time.time() + worker.settings.job_deadline_seconds + 61
-    monkeypatch.setattr(time, "time", lambda: later)
-    worker.handle_pubsub(_shard_message(*closing), "s", source=SHARD_SOURCE)  # long after: the first is presumed gone
-    worker.handle_pubsub(_shard_message(*closing), "s", source=SHARD_SOURCE)  # and once answered, nothing more
-    assert len(out.sent) == 1 and stores.runs.get_run("m-1").state == ANSWERED
-
-
-def test_a_dead_letter_copy_from_before_a_redrive_does_not_fail_the_redriven_range():
-    """Pub/Sub may deliver a dead-lettered copy again (at least once) after the operator redrove the range: the
-    copy's publish time (when it was dead-lettered) is before the shard's new dispatch, so it is dropped."""
-    worker, stores, out = _worker(_lake(80))
-    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
-    victim = stores.shards.messages[0][1]
-    before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
-    _deliver_all(worker, stores, random.Random(11), dead={victim})
-    assert out.sent[0]["error"]["code"] == "incomplete"
-    redrive(stores, "m-1")
-    stale = _shard_message("m-1", victim)
-    stale["message"]["publishTime"] = before
-    worker.handle_pubsub(stale, "dl-again", source=f"//pubsub.googleapis.com/{DLQ}")
-    assert stores.runs.get_shard("m-1", victim).state == "dispatched"
-    _deliver_all(worker, stores, random.Random(12))
-    assert out.sent[-1]["status"] == "ok" and out.sent[-1]["fanout"]["answer"] == 2
-
-
-def test_a_copy_sent_before_a_redrive_and_dead_lettered_after_it_does_not_fail_the_redriven_range():
-    """A parent's every attempt sends its children's messages again, so a child may have several copies, each
-    dead-lettered on its own: one dead-lettered after the redrive has a new publish time, but its sent_at
-    attribute (kept by Pub/Sub on the dead-lettered copy) is from before the redrive, so it is dropped; a dead
-    letter of a copy of the new dispatch still fails the range (seen flaky in the integration test before)."""
-    worker, stores, out = _worker(_lake(80))
-    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
-    victim = stores.shards.messages[0][1]
-    sent_before = f"{time.time() - 60:.3f}"
-    _deliver_all(worker, stores, random.Random(11), dead={victim})
-    assert out.sent[0]["error"]["code"] == "incomplete"
-    redrive(stores, "m-1")
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    late = _shard_message("m-1", victim, sent_at=sent_before)
-    late["message"]["publishTime"] = now  # dead-lettered just now
-    worker.handle_pubsub(late, "dl-late", source=f"//pubsub.googleapis.com/{DLQ}")
-    assert stores.runs.get_shard("m-1", victim).state == "dispatched"
-    current = _shard_message("m-1", victim, sent_at=f"{time.time():.3f}")
-    current["message"]["publishTime"] = now
-    worker.handle_pubsub(current, "dl-current", source=f"//pubsub.googleapis.com/{DLQ}")
-    assert stores.runs.get_shard("m-1", victim).state == "failed"

@@ -78,37 +78,42 @@ def _topic_unusable(e: Exception, setting: str, topic: str) -> Unavailable:
 
 
 class ShardPublisher:
-    """Publishes shard messages to SHARD_TOPIC (``worker.runs.ShardPublisher``): data ``{"run_id", "shard_id"}``
-    as JSON, the same two as attributes with ``kind=shard``."""
+    """Publishes a run's work messages to SHARD_TOPIC (``worker.fanout.records.ShardPublisher``): a shard's carries
+    ``kind=shard``, ``run_id``, ``shard_id`` and ``generation`` (its dispatch: an older copy is recognised as stale,
+    dead-lettered or not); a merge task's ``kind=merge``, ``run_id``, ``task_id``. The data repeats them as JSON."""
 
     def __init__(self, topic: str, client: pubsub_v1.PublisherClient | None = None, timeout: float = PUBLISH_TIMEOUT_S):
         self.topic = topic
         self._client = client or pubsub_v1.PublisherClient(batch_settings=RESULT_BATCH)
         self._timeout = timeout
 
-    def publish_shards(self, run_id: str, shard_ids: Sequence[str]) -> None:
-        """Publish one message per shard and wait for all of them (within one ``timeout``). ``Unavailable`` if any
-        failed: the caller publishes them all again on its next attempt (a shard message is idempotent)."""
+    def publish_shards(self, run_id: str, shards: Sequence[tuple[str, int]]) -> None:
+        """Publish one message per (shard, generation) and wait for all of them (within one ``timeout``).
+        ``Unavailable`` if any failed: the caller publishes them all again on its next attempt."""
+        self._publish(run_id, [{"kind": "shard", "run_id": run_id, "shard_id": shard_id, "generation": str(generation)}
+                               for shard_id, generation in shards])
+
+    def publish_tasks(self, run_id: str, task_ids: Sequence[str]) -> None:
+        """Publish one message per merge task, as ``publish_shards``."""
+        self._publish(run_id, [{"kind": "merge", "run_id": run_id, "task_id": task_id} for task_id in task_ids])
+
+    def _publish(self, run_id: str, messages: Sequence[dict[str, str]]) -> None:
         failures: list[WorkerError] = []
 
         def classify(e: Exception) -> WorkerError:
             if isinstance(e, TRANSIENT):
-                return Unavailable(f"publishing shard messages of run {run_id} failed: {type(e).__name__}",
+                return Unavailable(f"publishing work messages of run {run_id} failed: {type(e).__name__}",
                                    details={"step": "publish_shards"})
             if isinstance(e, (google_errors.NotFound, google_errors.PermissionDenied)):
                 return _topic_unusable(e, "SHARD_TOPIC", self.topic)
-            # A shard message is small and fixed in shape: Pub/Sub refusing one is a bug, not the input's fault.
-            return WorkerError(f"Pub/Sub refused a shard message of run {run_id}: {type(e).__name__}: {str(e)[:200]}")
+            # A work message is small and fixed in shape: Pub/Sub refusing one is a bug, not the input's fault.
+            return WorkerError(f"Pub/Sub refused a work message of run {run_id}: {type(e).__name__}: {str(e)[:200]}")
 
         futures = []
-        # When this copy was sent: a dead-lettered copy keeps its attributes (and gets a new publish time), so the
-        # worker can tell a late dead letter of a copy sent before a redrive from one of the new dispatch.
-        sent_at = f"{time.time():.3f}"
-        for shard_id in shard_ids:
-            data = json.dumps({"run_id": run_id, "shard_id": shard_id}, separators=(",", ":")).encode("utf-8")
+        for attributes in messages:
+            data = json.dumps(attributes, separators=(",", ":")).encode("utf-8")
             try:
-                futures.append(self._client.publish(self.topic, data, kind="shard", run_id=run_id, shard_id=shard_id,
-                                                    sent_at=sent_at))
+                futures.append(self._client.publish(self.topic, data, **attributes))
             except (*TRANSIENT, google_errors.NotFound, google_errors.PermissionDenied, *REJECTED) as e:
                 failures.append(classify(e))
                 break
