@@ -10,12 +10,12 @@ import pytest
 from google.api_core import exceptions as google_errors
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
+from worker.runs import Change, RunRecord
 
 from worker.adapters.firestore import FirestoreRunStore
 from worker.devstack.firestore_faults import WriteMeter, faulty_client, install, most_in_window
 from worker.devstack.processes import Service, free_port
 from worker.devstack.stack import firestore_emulator_argv
-from worker.runs import Change, RunRecord
 
 PROJECT = "faults-test"
 EMULATOR_LOCK_WAIT_S = 1.5  # the emulator holds a contended commit about 2 s before it aborts it

@@ -6,37 +6,32 @@ Cloud Storage and Pub/Sub adapters are tested on the real emulators in tests/int
 
 from __future__ import annotations
 
-import base64
-import io
 import itertools
 import json
 import random
-import time
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.reaching import Branches
-from tests.unit.support import MemoryBlobs, MemoryRuns, MemoryShardQueue, MemoryStore, same_figures
-from worker.config import Settings
-from worker.fanout.coordinator import Stores, status_of
+from tests.unit.runs_support import (
+    alone,
+    deliver,
+    deliver_all,
+    job_message,
+    lake,
+    make_worker,
+    parquet,
+    slow_fetches,
+)
+from tests.unit.support import MemoryStore, same_figures
+from worker.fanout.coordinator import status_of
 from worker.fanout.ranges import INITIAL_SHARDS_MAX, after, first_split, list_range, split_unread
 from worker.fanout.records import ANSWERED, FAILED
-from worker.service import Worker
 
-DLQ = "projects/p/topics/shards-dead-letter"
-SHARDS = "projects/p/topics/shards"
-SHARD_SOURCE = f"//pubsub.googleapis.com/{SHARDS}"
 KEY_CHARS = st.sampled_from(["a", "b", "/", "0", "9", "-", ".", "=", "é", "\u4e2d", "\U0001f600", " ", "~"])
-
-
-def _parquet(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()
 
 
 # Keys in "folders" (p/a/b), so that S3's common prefixes lie past the keys listed so far.
@@ -94,122 +89,21 @@ def test_unread_keys_split_into_ranges_that_hold_each_once(keys, ways, bounded):
 # -- whole runs ---------------------------------------------------------------------------------------
 
 
-class Publisher:
-    def __init__(self):
-        self.sent: list[dict] = []
-
-    def publish(self, result, topic=None):
-        self.sent.append(json.loads(json.dumps(result)))
-        return f"r-{len(self.sent)}"
-
-
-def _lake(n: int = 120, *, flat: bool = False) -> dict[str, bytes]:
-    objects = {}
-    for i in range(n):
-        day = "all" if flat else f"day={i % 6}"
-        table = pa.table({"id": pa.array([i * 10 + j for j in range(3)], pa.int64()),
-                          "big": pa.array([2**60 + i, None, -(2**62)], pa.int64()),
-                          "x": pa.array([float(i), float("nan") if i % 7 == 0 else 0.5, None]),
-                          "s": pa.array([f"v{i}", "é", None])})
-        objects[f"lake/{day}/part-{i:04d}.parquet"] = _parquet(table)
-    objects["lake/_SUCCESS"] = b""
-    objects["lake/readme.txt"] = b"not parquet"
-    objects["lake/day=1/broken.parquet"] = b"PAR1 this is not parquet PAR1"
-    return objects
-
-
-def _worker(objects, **overrides):
-    given = {"fanout_min_objects": 25, "shard_objects": 9, "fanout_max_in_flight": 4} | overrides
-    settings = Settings(role_arn="", audience="", reply_topic="projects/p/topics/results", partials_bucket="parts",
-                        shard_topic=SHARDS, shard_dead_letter_topic=DLQ, **given)
-    stores = Stores(runs=MemoryRuns(), blobs=MemoryBlobs(), shards=MemoryShardQueue())
-    publisher = Publisher()
-    store = MemoryStore(objects)
-
-    class Storage:
-        def ensure_credentials(self):
-            pass
-
-        def objects(self, bucket, job_id):
-            return store
-
-    return Worker(settings, Storage(), publisher, stores), stores, publisher
-
-
-def _job_message(job: dict, message_id: str = "m-1") -> dict:
-    return {"message": {"data": base64.b64encode(json.dumps(job).encode()).decode(), "messageId": message_id,
-                        "attributes": {}}}
-
-
-def _shard_message(kind: str, run_id: str, work_id: str, generation: int | None = None, **attributes: str) -> dict:
-    """A message on the shard topic: a shard's (kind ``shard``) or a merge task's (``merge``)."""
-    key = "shard_id" if kind == "shard" else "task_id"
-    fields = {"kind": kind, "run_id": run_id, key: work_id}
-    if generation is not None:
-        fields["generation"] = str(generation)
-    data = json.dumps(fields).encode()
-    return {"message": {"data": base64.b64encode(data).decode(), "messageId": f"s-{work_id}",
-                        "attributes": {**fields, **attributes}}}
-
-
-def slow_fetches(monkeypatch, worker, seconds: float) -> None:
-    """Every ranged read of the worker's (one, in-memory) store takes ``seconds`` longer: a slow S3."""
-    store = worker.storage.objects("b", "j")
-    fetch = store.fetch
-
-    def slow(key, start, end):
-        time.sleep(seconds)
-        return fetch(key, start, end)
-
-    monkeypatch.setattr(store, "fetch", slow)
-
-
-def deliver(worker, message, *, dead: bool = False) -> None:
-    source = f"//pubsub.googleapis.com/{DLQ if dead else SHARDS}"
-    worker.handle_pubsub(_shard_message(*message), f"s-{message[2]}", source=source)
-
-
-def _deliver_all(worker, stores, rng: random.Random, *, duplicates: float = 0.0, dead: set[str] = frozenset(),
-                 check_cap: bool = True) -> int:
-    """Deliver every published message in random order (some twice); return the deliveries. With ``check_cap``, the
-    shards dispatched at once never exceed the run's cap (deliveries here are one at a time: no concurrent commits
-    to overshoot it)."""
-    queue = stores.shards.messages
-    delivered = 0
-    while queue:
-        message = queue.pop(rng.randrange(len(queue)))
-        if rng.random() < duplicates:
-            queue.append(message)
-        deliver(worker, message, dead=message[2] in dead)
-        delivered += 1
-        run = stores.runs.get_run(message[1])
-        if check_cap:
-            assert stores.runs.count_shards(run.run_id, ["dispatched"]) <= run.max_in_flight
-    return delivered
-
-
-def _alone(objects, job, **overrides) -> dict:
-    """The answer of one instance (fan_out never) over ``objects``."""
-    alone, _, out = _worker(objects, **overrides)
-    alone.handle_pubsub(_job_message({**job, "fan_out": {"mode": "never"}}, "m-0"), "m-0")
-    return out.sent[0]
-
-
 @pytest.mark.parametrize("mode", ["metadata", "full"])
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_fanned_out_run_answers_once_with_the_figures_of_one_instance(mode, seed):
-    objects = _lake()
+    objects = lake()
     job = {"bucket": "bkt", "prefix": "lake/", "mode": mode}
-    worker, stores, out = _worker(objects)
-    assert worker.handle_pubsub(_job_message(job), "m-1") is None  # fanned out: the run answers
+    worker, stores, out = make_worker(objects)
+    assert worker.handle_pubsub(job_message(job), "m-1") is None  # fanned out: the run answers
     assert out.sent == []
-    deliveries = _deliver_all(worker, stores, random.Random(seed), duplicates=0.3)
+    deliveries = deliver_all(worker, stores, random.Random(seed), duplicates=0.3)
     (result,) = out.sent
     run = stores.runs.get_run("m-1")
     shards = list(stores.runs.shards("m-1"))
     assert run.state == ANSWERED and all(s.state == "done" for s in shards) and len(shards) > 5
     assert deliveries > len(shards)  # duplicates were delivered, and counted once
-    assert not same_figures(result, _alone(objects, job))
+    assert not same_figures(result, alone(objects, job))
     fan = result["fanout"]
     assert fan["run_id"] == "m-1" and fan["failed"] == 0 and fan["coverage"] == 1.0 and fan["coverage_exact"]
     assert fan["shards"] == len(shards) and fan["succeeded"] == len(shards)
@@ -219,13 +113,13 @@ def test_a_fanned_out_run_answers_once_with_the_figures_of_one_instance(mode, se
 
 @pytest.mark.parametrize("seed", [3, 4])
 def test_partials_merge_in_a_tree_of_bounded_tasks_with_the_figures_of_one_instance(seed):
-    objects = _lake(120)
+    objects = lake(120)
     job = {"bucket": "bkt", "prefix": "lake/", "mode": "full"}
-    worker, stores, out = _worker(objects, shard_objects=4, merge_fan_in=3)
-    worker.handle_pubsub(_job_message(job), "m-1")
-    _deliver_all(worker, stores, random.Random(seed), duplicates=0.2)
+    worker, stores, out = make_worker(objects, shard_objects=4, merge_fan_in=3)
+    worker.handle_pubsub(job_message(job), "m-1")
+    deliver_all(worker, stores, random.Random(seed), duplicates=0.2)
     (result,) = out.sent
-    assert not same_figures(result, _alone(objects, job))
+    assert not same_figures(result, alone(objects, job))
     tasks = [doc for (run_id, _), doc in stores.runs.task_docs.items() if run_id == "m-1"]
     levels = {t["level"] for t in tasks}
     assert len(levels) >= 2, levels  # a tree: more than one level of tasks
@@ -234,33 +128,33 @@ def test_partials_merge_in_a_tree_of_bounded_tasks_with_the_figures_of_one_insta
 
 
 def test_the_cap_on_shards_in_flight_holds_and_can_change_while_the_run_goes():
-    worker, stores, out = _worker(_lake(60))
-    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/", "fan_out": {"max_in_flight": 1}}), "m-1")
+    worker, stores, out = make_worker(lake(60))
+    worker.handle_pubsub(job_message({"bucket": "bkt", "prefix": "lake/", "fan_out": {"max_in_flight": 1}}), "m-1")
     assert len(stores.shards.messages) == 1
     run = stores.runs.get_run("m-1")
     assert run.max_in_flight == 1 and stores.runs.count_shards("m-1", ["queued"]) > 1
     worker.coordinator.set_cap("m-1", 3)
     assert len(stores.shards.messages) == 3 and stores.runs.count_shards("m-1", ["dispatched"]) == 3
-    _deliver_all(worker, stores, random.Random(3))
+    deliver_all(worker, stores, random.Random(3))
     assert len(out.sent) == 1 and out.sent[0]["status"] == "ok"
 
 
 def test_a_cap_above_the_workers_ceiling_is_clamped_and_the_answer_says_so():
-    worker, stores, out = _worker(_lake(60), fanout_max_in_flight=4)
-    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/", "fan_out": {"max_in_flight": 900}}),
+    worker, stores, out = make_worker(lake(60), fanout_max_in_flight=4)
+    worker.handle_pubsub(job_message({"bucket": "bkt", "prefix": "lake/", "fan_out": {"max_in_flight": 900}}),
                          "m-1")
     assert len(stores.shards.messages) == 4
-    _deliver_all(worker, stores, random.Random(3))
+    deliver_all(worker, stores, random.Random(3))
     fan = out.sent[0]["fanout"]
     assert fan["max_in_flight"] == 4 and fan["max_in_flight_requested"] == 900
 
 
 def test_a_dead_lettered_range_makes_the_answer_incomplete_and_a_redrive_completes_it():
-    objects = _lake(80)
-    worker, stores, out = _worker(objects)
-    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
+    objects = lake(80)
+    worker, stores, out = make_worker(objects)
+    worker.handle_pubsub(job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
     victim = stores.shards.messages[0][2]
-    _deliver_all(worker, stores, random.Random(4), dead={victim})
+    deliver_all(worker, stores, random.Random(4), dead={victim})
     (first,) = out.sent
     assert first["status"] == "error" and first["error"]["code"] == "incomplete"
     assert "redrive m-1" in first["error"]["message"]
@@ -268,18 +162,18 @@ def test_a_dead_lettered_range_makes_the_answer_incomplete_and_a_redrive_complet
     assert failed["shard_id"] == victim and "dead-lettered" in failed["error"]
     assert [s.shard_id for s in stores.runs.shards("m-1", FAILED)] == [victim]
     assert worker.coordinator.redrive("m-1") == [victim]
-    _deliver_all(worker, stores, random.Random(5))
+    deliver_all(worker, stores, random.Random(5))
     second = out.sent[1]
     assert second["status"] == "ok" and second["fanout"]["answer"] == 2 and second["fanout"]["redrives"] == 1
-    assert not same_figures(second, _alone(objects, {"bucket": "bkt", "prefix": "lake/"}))
+    assert not same_figures(second, alone(objects, {"bucket": "bkt", "prefix": "lake/"}))
 
 
 def test_a_tolerated_failure_answers_ok_with_the_failed_range_and_the_coverage():
-    worker, stores, out = _worker(_lake(80))
-    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/",
+    worker, stores, out = make_worker(lake(80))
+    worker.handle_pubsub(job_message({"bucket": "bkt", "prefix": "lake/",
                                        "fan_out": {"tolerated_failure_percent": 50}}), "m-1")
     victim = stores.shards.messages[0][2]
-    _deliver_all(worker, stores, random.Random(6), dead={victim})
+    deliver_all(worker, stores, random.Random(6), dead={victim})
     (result,) = out.sent
     fan = result["fanout"]
     assert result["status"] == "ok" and fan["failed"] == 1 and 0 < fan["coverage"] < 1
@@ -290,12 +184,12 @@ def test_tolerance_and_coverage_count_objects_not_shards():
     """A flat prefix of 200 objects in shards of 110 and 90: the dead-lettered shard held 110 of them. Counting
     shards said coverage 0.5 (or, with more small shards, 0.95); in objects it is 90/200, and a 50% tolerance of
     objects does not cover it."""
-    objects = {f"flat/k{i:04d}.parquet": _parquet(pa.table({"x": [i]})) for i in range(200)}
-    worker, stores, out = _worker(objects, shard_objects=110, fanout_min_objects=200)
-    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "flat/",
+    objects = {f"flat/k{i:04d}.parquet": parquet(pa.table({"x": [i]})) for i in range(200)}
+    worker, stores, out = make_worker(objects, shard_objects=110, fanout_min_objects=200)
+    worker.handle_pubsub(job_message({"bucket": "bkt", "prefix": "flat/",
                                        "fan_out": {"tolerated_failure_percent": 50}}), "m-1")
     big = next(s for s in stores.runs.shards("m-1") if s.expected_objects == 110)
-    _deliver_all(worker, stores, random.Random(6), dead={big.shard_id})
+    deliver_all(worker, stores, random.Random(6), dead={big.shard_id})
     (result,) = out.sent
     fan = result["fanout"]
     assert result["status"] == "error" and result["error"]["code"] == "incomplete"
@@ -304,12 +198,12 @@ def test_tolerance_and_coverage_count_objects_not_shards():
 
 
 def test_a_shard_out_of_time_hands_its_unread_keys_on_and_the_run_completes(monkeypatch):
-    objects = _lake(40, flat=True)
-    worker, stores, out = _worker(objects, shard_seconds=1, shard_objects=1000, fanout_min_objects=1,
+    objects = lake(40, flat=True)
+    worker, stores, out = make_worker(objects, shard_seconds=1, shard_objects=1000, fanout_min_objects=1,
                                   read_concurrency=1)
     slow_fetches(monkeypatch, worker, 0.05)
-    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/", "fan_out": {"mode": "always"}}), "m-1")
-    _deliver_all(worker, stores, random.Random(7))
+    worker.handle_pubsub(job_message({"bucket": "bkt", "prefix": "lake/", "fan_out": {"mode": "always"}}), "m-1")
+    deliver_all(worker, stores, random.Random(7))
     (result,) = out.sent
     assert result["status"] == "ok" and result["files"] == 40
     split = [s for s in stores.runs.shards("m-1") if len(s.children) > 1]
@@ -317,8 +211,8 @@ def test_a_shard_out_of_time_hands_its_unread_keys_on_and_the_run_completes(monk
 
 
 def test_status_reports_progress_and_an_estimate():
-    worker, stores, _ = _worker(_lake(60))
-    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
+    worker, stores, _ = make_worker(lake(60))
+    worker.handle_pubsub(job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
     deliver(worker, stores.shards.messages.pop(0))
     status = status_of(worker.coordinator, "m-1")
     assert status["state"] == "running" and status["shards_done"] == 1 and status["eta_seconds"] is not None
@@ -326,20 +220,20 @@ def test_status_reports_progress_and_an_estimate():
 
 
 def test_a_redelivered_job_message_starts_no_second_run():
-    worker, stores, out = _worker(_lake(60))
-    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
+    worker, stores, out = make_worker(lake(60))
+    worker.handle_pubsub(job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
     first = list(stores.shards.messages)
     total = len(list(stores.runs.shards("m-1")))
-    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
+    worker.handle_pubsub(job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
     assert sorted(stores.shards.messages[len(first):]) == sorted(first)  # the same shards again, no new ones
     assert len(list(stores.runs.shards("m-1"))) == total
-    _deliver_all(worker, stores, random.Random(8))
+    deliver_all(worker, stores, random.Random(8))
     assert len(out.sent) == 1
 
 
 def test_small_jobs_and_http_jobs_run_on_one_instance():
-    worker, stores, out = _worker(_lake(10))
-    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
+    worker, stores, out = make_worker(lake(10))
+    worker.handle_pubsub(job_message({"bucket": "bkt", "prefix": "lake/"}), "m-1")
     assert len(out.sent) == 1 and "fanout" not in out.sent[0] and not stores.shards.messages
     answer = worker.handle_http(json.dumps({"bucket": "bkt", "prefix": "lake/", "fan_out": {"mode": "always"}}))
     assert answer["error"]["code"] == "invalid_job" and "HTTP" in answer["error"]["message"]

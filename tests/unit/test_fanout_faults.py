@@ -15,19 +15,19 @@ import time
 
 import pytest
 
+from tests.unit.runs_support import deliver, deliver_all, job_message, lake, make_worker, slow_fetches
 from tests.unit.support import MemoryShardQueue
-from tests.unit.test_fanout import (
-    _deliver_all,
-    _job_message,
-    _lake,
-    _worker,
-    deliver,
-    slow_fetches,
-)
 from worker.errors import Retryable, Unavailable
 from worker.fanout.records import ANSWERED, DONE, FAILED, MERGING, OPEN, RunRecord, ShardRecord
 
 JOB = {"bucket": "bkt", "prefix": "lake/"}
+
+
+@pytest.fixture
+def stores():
+    """The run's stores: None, so in-memory ones. tests/integration/test_fanout_faults_on_emulators.py runs the tests
+    that take this fixture again on Firestore (with Firestore's contention, by a fault layer) and Cloud Storage."""
+    return None
 
 
 class _Everything(set):
@@ -70,13 +70,13 @@ class _Clock:
 # -- liveness by lease ---------------------------------------------------------------------------------------
 
 
-def test_a_merge_that_outlives_its_lease_publishes_nothing_once_another_delivery_answered(monkeypatch):
+def test_a_merge_that_outlives_its_lease_publishes_nothing_once_another_delivery_answered(monkeypatch, stores):
     """Cloud Run lets a request run on after its timeout (and throttles its CPU), so a merge can outlive its lease
     while a redelivery takes over. Before leases a second delivery presumed the first dead after a timeout and
     both published. Now the late holder's publish is fenced by its token: one answer."""
-    worker, stores, out = _worker(_lake(40), lease_seconds=60)
+    worker, stores, out = make_worker(lake(40), lease_seconds=60, stores=stores)
     clock = worker.coordinator.clock = _Clock()
-    worker.handle_pubsub(_job_message(JOB), "m-1")
+    worker.handle_pubsub(job_message(JOB), "m-1")
     closing = _until_one_shard_open(worker, stores)
     first_holder_waits, first_holder_in = threading.Event(), threading.Event()
     real_get, calls = stores.blobs.get, []
@@ -101,10 +101,10 @@ def test_a_merge_that_outlives_its_lease_publishes_nothing_once_another_delivery
     assert len(out.sent) == 1
 
 
-def test_a_delivery_that_outlived_its_shard_lease_records_nothing_and_the_new_holder_reads_once(monkeypatch):
-    worker, stores, out = _worker(_lake(40), lease_seconds=60)
+def test_a_delivery_that_outlived_its_shard_lease_records_nothing_and_the_new_holder_reads_once(monkeypatch, stores):
+    worker, stores, out = make_worker(lake(40), lease_seconds=60, stores=stores)
     clock = worker.coordinator.clock = _Clock()
-    worker.handle_pubsub(_job_message(JOB), "m-1")
+    worker.handle_pubsub(job_message(JOB), "m-1")
     message = stores.shards.messages.pop(0)
     stalled, go = threading.Event(), threading.Event()
     store = worker.storage.objects("b", "j")
@@ -127,15 +127,15 @@ def test_a_delivery_that_outlived_its_shard_lease_records_nothing_and_the_new_ho
     go.set()
     first.join(10)
     assert stores.runs.get_shard("m-1", message[2]).to_doc() == done.to_doc()  # the late holder changed nothing
-    _deliver_all(worker, stores, random.Random(1))
+    deliver_all(worker, stores, random.Random(1))
     assert len(out.sent) == 1 and out.sent[0]["files"] == 40
 
 
-def test_a_copy_that_comes_while_another_delivery_holds_the_lease_comes_back_later_and_reads_nothing(monkeypatch):
+def test_a_copy_that_comes_while_another_delivery_holds_the_lease_comes_back_later_and_reads_nothing(monkeypatch, stores):
     """The holder may be alive or killed (its lease then runs out within LEASE_SECONDS): the copy is told to come
     back later, takes no attempt at the shard, and its dead-lettered twin changes nothing."""
-    worker, stores, out = _worker(_lake(40))
-    worker.handle_pubsub(_job_message(JOB), "m-1")
+    worker, stores, out = make_worker(lake(40), stores=stores)
+    worker.handle_pubsub(job_message(JOB), "m-1")
     message = stores.shards.messages.pop(0)
     inside, go = threading.Event(), threading.Event()
     store = worker.storage.objects("b", "j")
@@ -158,48 +158,48 @@ def test_a_copy_that_comes_while_another_delivery_holds_the_lease_comes_back_lat
     go.set()
     first.join(10)
     assert stores.runs.get_shard("m-1", message[2]).state == DONE
-    _deliver_all(worker, stores, random.Random(2))
+    deliver_all(worker, stores, random.Random(2))
     assert len(out.sent) == 1 and out.sent[0]["status"] == "ok"
 
 
 # -- stale copies ---------------------------------------------------------------------------------------------
 
 
-def test_a_dead_letter_copy_from_before_a_redrive_does_not_fail_the_redriven_range():
+def test_a_dead_letter_copy_from_before_a_redrive_does_not_fail_the_redriven_range(stores):
     """Pub/Sub may dead-letter the same message more than once (best effort): a copy from the shard's earlier
     dispatch carries its generation, which the redrive's dispatch has passed, so it is recognised and dropped."""
-    worker, stores, out = _worker(_lake(80))
-    worker.handle_pubsub(_job_message(JOB), "m-1")
+    worker, stores, out = make_worker(lake(80), stores=stores)
+    worker.handle_pubsub(job_message(JOB), "m-1")
     victim = stores.shards.messages[0]
-    _deliver_all(worker, stores, random.Random(11), dead={victim[2]})
+    deliver_all(worker, stores, random.Random(11), dead={victim[2]})
     assert out.sent[0]["error"]["code"] == "incomplete"
     worker.coordinator.redrive("m-1")
     deliver(worker, victim, dead=True)  # the old generation's copy, dead-lettered again
     assert stores.runs.get_shard("m-1", victim[2]).state == "dispatched"
     current = next(m for m in stores.shards.messages if m[2] == victim[2])
     assert current[3] > victim[3]
-    _deliver_all(worker, stores, random.Random(12))
+    deliver_all(worker, stores, random.Random(12))
     assert out.sent[-1]["status"] == "ok" and out.sent[-1]["fanout"]["answer"] == 2
 
 
-def test_a_shard_dead_lettered_with_no_failed_read_of_its_own_is_sent_again_not_failed():
+def test_a_shard_dead_lettered_with_no_failed_read_of_its_own_is_sent_again_not_failed(stores):
     """Its attempts went on 429s (Cloud Run had no instance), busy leases or contention: the range did nothing wrong.
     It is sent again as a new generation, up to 3 times; only a range whose reads failed, or that keeps being
     dead-lettered, is failed."""
-    worker, stores, out = _worker(_lake(80))
-    worker.handle_pubsub(_job_message(JOB), "m-1")
+    worker, stores, out = make_worker(lake(80), stores=stores)
+    worker.handle_pubsub(job_message(JOB), "m-1")
     victim = stores.shards.messages.pop(0)
     deliver(worker, victim, dead=True)
     shard = stores.runs.get_shard("m-1", victim[2])
     assert shard.state == "dispatched" and shard.generation == victim[3] + 1 and shard.republished == 1
     assert ("shard", "m-1", victim[2], victim[3] + 1) in stores.shards.messages
-    _deliver_all(worker, stores, random.Random(13))
+    deliver_all(worker, stores, random.Random(13))
     assert out.sent[0]["status"] == "ok" and out.sent[0]["files"] == 80
 
 
-def test_a_redelivered_parent_publishes_its_children_only_if_they_may_never_have_been():
-    worker, stores, out = _worker(_lake(80, flat=True), shard_objects=5, fanout_min_objects=1)
-    worker.handle_pubsub(_job_message({**JOB, "prefix": "lake/all/", "fan_out": {"mode": "always"}}), "m-1")
+def test_a_redelivered_parent_publishes_its_children_only_if_they_may_never_have_been(stores):
+    worker, stores, out = make_worker(lake(80, flat=True), shard_objects=5, fanout_min_objects=1, stores=stores)
+    worker.handle_pubsub(job_message({**JOB, "prefix": "lake/all/", "fan_out": {"mode": "always"}}), "m-1")
     (parent,) = stores.shards.messages
     deliver(worker, parent)
     children = [m for m in stores.shards.messages if m[2] != parent[2]]
@@ -208,13 +208,13 @@ def test_a_redelivered_parent_publishes_its_children_only_if_they_may_never_have
         deliver(worker, parent)
     for child in children:
         assert stores.shards.messages.count(child) == 1
-    _deliver_all(worker, stores, random.Random(3))
+    deliver_all(worker, stores, random.Random(3))
     assert len(out.sent) == 1 and out.sent[0]["files"] == 80
 
 
 def test_a_hand_off_whose_publish_failed_is_published_by_the_redelivery():
-    worker, stores, out = _worker(_lake(80), shard_objects=5)
-    worker.handle_pubsub(_job_message(JOB), "m-1")
+    worker, stores, out = make_worker(lake(80), shard_objects=5)
+    worker.handle_pubsub(job_message(JOB), "m-1")
     queue = stores.shards
     failed = {"n": 0}
 
@@ -243,41 +243,41 @@ def test_a_hand_off_whose_publish_failed_is_published_by_the_redelivery():
 # -- every run ends ---------------------------------------------------------------------------------------------
 
 
-def test_a_bug_while_building_the_answer_answers_internal_with_an_incident(monkeypatch):
-    worker, stores, out = _worker(_lake(40))
-    worker.handle_pubsub(_job_message(JOB), "m-1")
+def test_a_bug_while_building_the_answer_answers_internal_with_an_incident(monkeypatch, stores):
+    worker, stores, out = make_worker(lake(40), stores=stores)
+    worker.handle_pubsub(job_message(JOB), "m-1")
 
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
     monkeypatch.setattr(worker, "answer_of", broken)
-    _deliver_all(worker, stores, random.Random(4))
+    deliver_all(worker, stores, random.Random(4))
     (result,) = out.sent
     assert result["error"]["code"] == "internal" and result["error"]["details"]["incident_id"]
     assert result["fanout"]["run_id"] == "m-1" and stores.runs.get_run("m-1").state == ANSWERED
 
 
-def test_a_run_whose_messages_are_all_lost_is_found_by_the_sweeper_and_answers():
-    worker, stores, out = _worker(_lake(60), sweep_stall_seconds=600)
+def test_a_run_whose_messages_are_all_lost_is_found_by_the_sweeper_and_answers(stores):
+    worker, stores, out = make_worker(lake(60), sweep_stall_seconds=600, stores=stores)
     clock = worker.coordinator.clock = _Clock()
-    worker.handle_pubsub(_job_message(JOB), "m-1")
+    worker.handle_pubsub(job_message(JOB), "m-1")
     stores.shards.messages.clear()  # every message for the run lost
     assert worker.coordinator.sweep()["republished"] == 0  # too soon: they may be waiting in Pub/Sub
     clock.t += 601
     report = worker.coordinator.sweep()
     assert report["republished"] == 4  # the cap's worth, each a new generation
-    _deliver_all(worker, stores, random.Random(5))
+    deliver_all(worker, stores, random.Random(5))
     assert len(out.sent) == 1 and out.sent[0]["status"] == "ok" and out.sent[0]["files"] == 60
 
 
 def test_a_range_whose_every_republication_is_lost_fails_and_the_run_answers():
-    worker, stores, out = _worker(_lake(60), sweep_stall_seconds=600)
+    worker, stores, out = make_worker(lake(60), sweep_stall_seconds=600)
     clock = worker.coordinator.clock = _Clock()
-    worker.handle_pubsub(_job_message(JOB), "m-1")
+    worker.handle_pubsub(job_message(JOB), "m-1")
     victim = stores.shards.messages[0][2]
     for _ in range(6):
         stores.shards.messages[:] = [m for m in stores.shards.messages if m[2] != victim]
-        _deliver_all(worker, stores, random.Random(6))
+        deliver_all(worker, stores, random.Random(6))
         clock.t += 601
         worker.coordinator.sweep()
     (result,) = out.sent
@@ -285,10 +285,10 @@ def test_a_range_whose_every_republication_is_lost_fails_and_the_run_answers():
     assert "no delivery made progress" in result["fanout"]["failed_ranges"][0]["error"]
 
 
-def test_a_run_left_merging_by_a_dead_holder_is_answered_by_the_sweeper(monkeypatch):
-    worker, stores, out = _worker(_lake(40), lease_seconds=60)
+def test_a_run_left_merging_by_a_dead_holder_is_answered_by_the_sweeper(monkeypatch, stores):
+    worker, stores, out = make_worker(lake(40), lease_seconds=60, stores=stores)
     clock = worker.coordinator.clock = _Clock()
-    worker.handle_pubsub(_job_message(JOB), "m-1")
+    worker.handle_pubsub(job_message(JOB), "m-1")
     closing = _until_one_shard_open(worker, stores)
     real = worker.coordinator._answer
 
@@ -315,9 +315,9 @@ def test_no_document_is_written_more_often_as_the_run_grows():
     times (open, claim, level, answer) however many shards finish, and each shard's a fixed number."""
     writes = {}
     for n in (60, 240):
-        worker, stores, out = _worker(_lake(n), shard_objects=3, merge_fan_in=8, fanout_max_in_flight=10)
-        worker.handle_pubsub(_job_message(JOB), "m-1")
-        _deliver_all(worker, stores, random.Random(7), duplicates=0.1)
+        worker, stores, out = make_worker(lake(n), shard_objects=3, merge_fan_in=8, fanout_max_in_flight=10)
+        worker.handle_pubsub(job_message(JOB), "m-1")
+        deliver_all(worker, stores, random.Random(7), duplicates=0.1)
         assert len(out.sent) == 1 and out.sent[0]["files"] == n
         shards = len(list(stores.runs.shards("m-1")))
         run_writes = stores.runs.writes["m-1"]
@@ -355,8 +355,8 @@ def test_a_run_record_holds_the_job_as_one_string_so_no_user_key_becomes_a_field
 
 @pytest.mark.parametrize("damage", ["deleted", "other_version"])
 def test_a_run_answers_even_when_a_partial_cannot_be_read_at_merge_time(damage):
-    worker, stores, out = _worker(_lake(40))
-    worker.handle_pubsub(_job_message(JOB), "m-1")
+    worker, stores, out = make_worker(lake(40))
+    worker.handle_pubsub(job_message(JOB), "m-1")
     closing = _until_one_shard_open(worker, stores)
     name = sorted(stores.blobs.blobs)[0]
     if damage == "deleted":
@@ -370,10 +370,10 @@ def test_a_run_answers_even_when_a_partial_cannot_be_read_at_merge_time(damage):
     assert result["fanout"]["failed"] == 1 and result["fanout"]["objects_failed"] > 0
 
 
-def test_a_run_whose_ranges_all_failed_does_not_answer_that_the_prefix_has_no_parquet():
-    worker, stores, out = _worker(_lake(80))
-    worker.handle_pubsub(_job_message({**JOB, "fan_out": {"tolerated_failure_percent": 100}}), "m-1")
-    _deliver_all(worker, stores, random.Random(8), dead=_Everything())
+def test_a_run_whose_ranges_all_failed_does_not_answer_that_the_prefix_has_no_parquet(stores):
+    worker, stores, out = make_worker(lake(80), stores=stores)
+    worker.handle_pubsub(job_message({**JOB, "fan_out": {"tolerated_failure_percent": 100}}), "m-1")
+    deliver_all(worker, stores, random.Random(8), dead=_Everything())
     (result,) = out.sent
     assert result["status"] == "error" and result["error"]["code"] == "incomplete", result["error"]
 
@@ -392,18 +392,18 @@ def test_a_delivery_that_found_its_shard_done_never_records_it_done_without_a_pa
 
 
 def test_a_run_capped_at_one_shard_in_flight_finishes():
-    worker, stores, out = _worker(_lake(60))
-    worker.handle_pubsub(_job_message({**JOB, "fan_out": {"max_in_flight": 1}}), "m-1")
-    _deliver_all(worker, stores, random.Random(1))
+    worker, stores, out = make_worker(lake(60))
+    worker.handle_pubsub(job_message({**JOB, "fan_out": {"max_in_flight": 1}}), "m-1")
+    deliver_all(worker, stores, random.Random(1))
     assert stores.runs.get_run("m-1").state == ANSWERED and len(out.sent) == 1
     assert stores.runs.count_shards("m-1", list(OPEN)) == 0
 
 
 def test_a_cap_lowered_to_one_while_shards_are_in_flight_lets_the_run_finish():
-    worker, stores, out = _worker(_lake(60))
-    worker.handle_pubsub(_job_message(JOB), "m-1")
+    worker, stores, out = make_worker(lake(60))
+    worker.handle_pubsub(job_message(JOB), "m-1")
     worker.coordinator.set_cap("m-1", 1)
-    _deliver_all(worker, stores, random.Random(2), check_cap=False)
+    deliver_all(worker, stores, random.Random(2), check_cap=False)
     assert stores.runs.get_run("m-1").state == ANSWERED and len(out.sent) == 1
 
 
@@ -411,10 +411,10 @@ def test_a_cap_lowered_to_one_while_shards_are_in_flight_lets_the_run_finish():
 
 
 def test_a_redrive_whose_publish_failed_can_be_run_again():
-    worker, stores, out = _worker(_lake(80))
-    worker.handle_pubsub(_job_message(JOB), "m-1")
+    worker, stores, out = make_worker(lake(80))
+    worker.handle_pubsub(job_message(JOB), "m-1")
     victim = stores.shards.messages[0][2]
-    _deliver_all(worker, stores, random.Random(4), dead={victim})
+    deliver_all(worker, stores, random.Random(4), dead={victim})
     assert out.sent[0]["error"]["code"] == "incomplete"
     queue = stores.shards
 
@@ -427,15 +427,15 @@ def test_a_redrive_whose_publish_failed_can_be_run_again():
         worker.coordinator.redrive("m-1")
     stores.shards = queue
     worker.coordinator.redrive("m-1")  # the operator tries again
-    _deliver_all(worker, stores, random.Random(5))
+    deliver_all(worker, stores, random.Random(5))
     assert len(out.sent) == 2 and out.sent[1]["status"] == "ok"
 
 
 def test_a_redrive_of_two_failed_ranges_answers_once():
-    worker, stores, out = _worker(_lake(80))
-    worker.handle_pubsub(_job_message(JOB), "m-1")
+    worker, stores, out = make_worker(lake(80))
+    worker.handle_pubsub(job_message(JOB), "m-1")
     victims = {stores.shards.messages[0][2], stores.shards.messages[1][2]}
-    _deliver_all(worker, stores, random.Random(6), dead=victims)
+    deliver_all(worker, stores, random.Random(6), dead=victims)
     assert len(out.sent) == 1 and out.sent[0]["fanout"]["failed"] == 2
 
     class Immediate(MemoryShardQueue):  # each message is delivered as soon as it is published
@@ -458,8 +458,8 @@ def _spoof(data: dict, attributes: dict, message_id: str) -> dict:
 
 def test_a_job_message_cannot_fail_a_shard_of_another_run_by_posing_as_a_dead_letter():
     """Only messages whose source is SHARD_TOPIC / SHARD_DEAD_LETTER_TOPIC are run work."""
-    worker, stores, _ = _worker(_lake(60))
-    worker.handle_pubsub(_job_message(JOB), "m-1")
+    worker, stores, _ = make_worker(lake(60))
+    worker.handle_pubsub(job_message(JOB), "m-1")
     _, run_id, shard_id, _ = stores.shards.messages[0]
     attributes = {"kind": "shard", "run_id": run_id, "shard_id": shard_id,
                   "CloudPubSubDeadLetterSourceDeliveryCount": "5"}
@@ -469,7 +469,7 @@ def test_a_job_message_cannot_fail_a_shard_of_another_run_by_posing_as_a_dead_le
 
 
 def test_a_job_message_with_shard_like_attributes_is_answered():
-    worker, _, out = _worker(_lake(10))
+    worker, _, out = make_worker(lake(10))
     attributes = {"kind": "shard", "run_id": "nope", "shard_id": "nope"}
     worker.handle_pubsub(_spoof(JOB, attributes, "m-2"), "m-2", source="//pubsub.googleapis.com/projects/p/topics/jobs")
     assert len(out.sent) == 1
@@ -483,7 +483,7 @@ def test_an_incomplete_answer_with_100_long_failed_ranges_fits_result_max_bytes(
     from worker.fanout.records import Lease
     from worker.jobs import parse_job
 
-    worker, stores, out = _worker({}, result_max_bytes=100_000)
+    worker, stores, out = make_worker({}, result_max_bytes=100_000)
     runs = stores.runs
     run = RunRecord(run_id="m-9", job_json=job_json(parse_job(json.dumps(JOB).encode(), message_id="m-9")),
                     created_at=time.time(), max_in_flight=5, state=MERGING, lease=Lease("tok", time.time() + 60))
@@ -519,8 +519,8 @@ def test_full_mode_shards_take_turns_like_full_mode_jobs(monkeypatch):
                 active[0] -= 1
 
     monkeypatch.setattr(profile, "profile_object", counting)
-    worker, stores, _ = _worker(_lake(60), full_mode_jobs=1, full_mode_concurrency=1, read_concurrency=1)
-    worker.handle_pubsub(_job_message({**JOB, "mode": "full"}), "m-1")
+    worker, stores, _ = make_worker(lake(60), full_mode_jobs=1, full_mode_concurrency=1, read_concurrency=1)
+    worker.handle_pubsub(job_message({**JOB, "mode": "full"}), "m-1")
     first, second = stores.shards.messages[:2]
     threads = [threading.Thread(target=deliver, args=(worker, m)) for m in (first, second)]
     for thread in threads:
@@ -531,10 +531,10 @@ def test_full_mode_shards_take_turns_like_full_mode_jobs(monkeypatch):
 
 
 def test_a_full_mode_shard_that_waited_for_its_turn_hands_on_before_the_deadline_instead_of_failing(monkeypatch):
-    worker, stores, _ = _worker(_lake(20, flat=True), job_deadline_seconds=6, shard_seconds=4, shard_objects=20,
+    worker, stores, _ = make_worker(lake(20, flat=True), job_deadline_seconds=6, shard_seconds=4, shard_objects=20,
                                 fanout_min_objects=1, full_mode_jobs=1, full_mode_concurrency=1, read_concurrency=1)
     slow_fetches(monkeypatch, worker, 0.15)
-    worker.handle_pubsub(_job_message({"bucket": "bkt", "prefix": "lake/all/", "mode": "full",
+    worker.handle_pubsub(job_message({"bucket": "bkt", "prefix": "lake/all/", "mode": "full",
                                        "fan_out": {"mode": "always"}}), "m-1")
     (message,) = stores.shards.messages
     worker._full_turns.acquire()  # another full-mode read holds the instance's one turn for a while
