@@ -131,7 +131,8 @@ def test_a_delivery_that_outlived_its_shard_lease_records_nothing_and_the_new_ho
     assert len(out.sent) == 1 and out.sent[0]["files"] == 40
 
 
-def test_a_copy_that_comes_while_another_delivery_holds_the_lease_comes_back_later_and_reads_nothing(monkeypatch, stores):
+def test_a_copy_that_comes_while_another_delivery_holds_the_lease_comes_back_later_and_reads_nothing(
+        monkeypatch, stores):
     """The holder may be alive or killed (its lease then runs out within LEASE_SECONDS): the copy is told to come
     back later, takes no attempt at the shard, and its dead-lettered twin changes nothing."""
     worker, stores, out = make_worker(lake(40), stores=stores)
