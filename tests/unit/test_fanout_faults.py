@@ -543,3 +543,24 @@ def test_a_full_mode_shard_that_waited_for_its_turn_hands_on_before_the_deadline
     deliver(worker, message)
     shard = stores.runs.get_shard("m-1", message[2])
     assert shard.state == "done" and shard.children
+
+
+def test_a_full_mode_shard_that_gets_no_turn_in_time_is_handed_back_without_spending_an_attempt():
+    """The instance's full-mode turns were taken for longer than half the deadline: the shard gives its lease up and
+    its message is sent again (a new copy with attempts of its own); this delivery is acknowledged."""
+    worker, stores, out = make_worker(lake(20, flat=True), job_deadline_seconds=2, shard_seconds=1, shard_objects=20,
+                                      fanout_min_objects=1, full_mode_jobs=1)
+    worker.handle_pubsub(job_message({"bucket": "bkt", "prefix": "lake/all/", "mode": "full",
+                                      "fan_out": {"mode": "always"}}), "m-1")
+    (message,) = stores.shards.messages
+    stores.shards.messages.clear()
+    worker._full_turns.acquire()  # another full-mode read holds the instance's one turn past half the deadline
+    try:
+        deliver(worker, message)  # no exception: acknowledged
+    finally:
+        worker._full_turns.release()
+    shard = stores.runs.get_shard("m-1", message[2])
+    assert shard.state == "dispatched" and not shard.lease.live(time.time()) and shard.attempts == 1
+    assert stores.shards.messages == [message]  # sent again, same generation
+    deliver_all(worker, stores, random.Random(14))
+    assert out.sent[0]["status"] == "ok" and out.sent[0]["files"] == 20

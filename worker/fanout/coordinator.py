@@ -120,6 +120,21 @@ def job_of(text: str):
     return Job(**values)
 
 
+class _HandBack(Exception):
+    """A shard's read could not start in time on this instance (full-mode turns): handed back, no attempt spent."""
+
+
+@contextlib.contextmanager
+def _handing_back():
+    """Waiting for a full-mode turn that timed out (the instance's other full-mode reads took it) is a hand-back."""
+    try:
+        yield
+    except Unavailable as e:
+        if str((e.details or {}).get("step", "")).startswith("waiting for a full-mode turn"):
+            raise _HandBack(e.message) from None
+        raise
+
+
 class _Lease:
     """Keeps a lease renewed from a background thread while the work goes on; ``lost`` once a renewal finds it is
     no longer this holder's (a renewal that fails for a transient fault is tried again at the next beat)."""
@@ -249,6 +264,13 @@ class Coordinator:
                 room = self._room(run)
                 finished = self.runs.transact(run_id, Reads(shards=(shard_id,), queued=_wanted(room + 1)), d.finish(
                     run_id, shard_id, outcome, self.clock(), room, token=token))
+        except _HandBack as e:
+            # The instance was busy with other full-mode reads: hand the shard back without spending one of this
+            # message's delivery attempts (its lease given up, a new copy of its message sent; this one acked).
+            self.runs.transact(run_id, Reads(shards=(shard_id,)), d.release_shard(shard_id, token))
+            self._publish(run_id, [(shard_id, shard.generation)])
+            log.warning("shard handed back: %s", e, extra={"fields": fields})
+            return
         except WorkerError as e:
             if e.retryable:
                 with contextlib.suppress(WorkerError):
@@ -382,13 +404,13 @@ class Coordinator:
 
             tally = Tally()
             full = job.mode == "full"
-            with host.turn(full, what="read(s)", fields=fields, step="waiting for a full-mode turn (reading a shard)"):
+            with _handing_back(), host.turn(full, what="read(s)", fields=fields,
+                                            step="waiting for a full-mode turn (reading a shard)"):
                 budget[0] = time.monotonic()  # the budget starts with the turn, and ends by the deadline
                 budget[1] = min(budget[0] + settings.shard_seconds, hard)
                 if hard - budget[0] < settings.shard_seconds / 2:
-                    raise Unavailable(f"shard {shard.shard_id} waited for a full-mode turn until too little of "
-                                      f"its {settings.job_deadline_seconds}s deadline was left; handed back",
-                                      details={"step": "waiting for a full-mode turn (reading a shard)"})
+                    raise _HandBack(f"shard {shard.shard_id} waited for a full-mode turn until too little of its "
+                                    f"{settings.job_deadline_seconds}s deadline was left")
                 summary = host.read_objects(store, within_budget(), job, tally=tally,
                                             deadline=started + settings.job_deadline_seconds)
             if lease.lost.is_set():
@@ -408,6 +430,8 @@ class Coordinator:
             log.info("shard read", extra={"fields": fields | {"objects": tally.listed, "handed_on": len(handed_on)}})
             return d.Outcome(DONE, partial=name, read_stop=stop, covered_stop=covered, handed=sized, counts=counts,
                              first_refusal=tally.first_refusal, seconds=time.monotonic() - started)
+        except _HandBack:
+            raise
         except WorkerError as e:
             if e.retryable:
                 log.warning("shard will be retried: %s", e.message, extra={"fields": fields | {"code": e.code}})
