@@ -42,8 +42,10 @@ settings() {
   FIRESTORE_LOCATION=${FIRESTORE_LOCATION:-$REGION}
   RUNS_COLLECTION=${RUNS_COLLECTION:-summary-runs}
   PARTIALS_RETENTION_DAYS=${PARTIALS_RETENTION_DAYS:-7}
-  SHARD_MAX_DELIVERY_ATTEMPTS=${SHARD_MAX_DELIVERY_ATTEMPTS:-5}
-  FANOUT_MAX_IN_FLIGHT=${FANOUT_MAX_IN_FLIGHT:-$MAX_INSTANCES}
+  SHARD_MAX_DELIVERY_ATTEMPTS=${SHARD_MAX_DELIVERY_ATTEMPTS:-30}
+  FANOUT_MAX_IN_FLIGHT=${FANOUT_MAX_IN_FLIGHT:-$(( MAX_INSTANCES * CONCURRENCY ))}
+  # The sweep of stalled fanned-out runs (docs/fan-out.md: Every run ends); none: no sweep.
+  SWEEP_SCHEDULE=${SWEEP_SCHEDULE:-*/5 * * * *}
   need_var PROJECT "the Google Cloud project ID"
   need_var DATA_BUCKET "the S3 bucket the worker may read"
   (( TIMEOUT_SECONDS >= 120 && TIMEOUT_SECONDS <= 540 )) || die "TIMEOUT_SECONDS must be between 120 and 540"
@@ -342,7 +344,7 @@ main() {
   local pubsub_agent scheduler_agent
   pubsub_agent="serviceAccount:$(gcloud beta services identity create --service=pubsub.googleapis.com \
     --project="$PROJECT" --format='value(email)' --quiet)"
-  if [[ "$SCHEDULE" != none ]]; then
+  if [[ "$SCHEDULE" != none || ( "$FANOUT_ENABLED" == yes && "$SWEEP_SCHEDULE" != none ) ]]; then
     scheduler_agent="serviceAccount:$(gcloud beta services identity create --service=cloudscheduler.googleapis.com \
       --project="$PROJECT" --format='value(email)' --quiet)"
   fi
@@ -420,6 +422,10 @@ main() {
       --member="$scheduler_agent" --role=roles/pubsub.publisher --quiet
   fi
   if [[ "$FANOUT_ENABLED" == yes ]]; then fanout_grants "$pubsub_agent"; fi
+  if [[ "$FANOUT_ENABLED" == yes && "$SWEEP_SCHEDULE" != none ]]; then
+    grant_to_agent gcloud pubsub topics add-iam-policy-binding "$SHARDS_TOPIC" --project="$PROJECT" \
+      --member="$scheduler_agent" --role=roles/pubsub.publisher --quiet
+  fi
 
   say "7/8 delivery: $JOBS_TOPIC -> push (OIDC) -> $NAME, retries, dead letters after $MAX_DELIVERY_ATTEMPTS attempts"
   delivery "$url"
@@ -446,6 +452,20 @@ main() {
         --schedule="$SCHEDULE" --time-zone="$SCHEDULE_TIME_ZONE" --topic="$JOBS_TOPIC" --message-body="$job" \
         --attributes="schedule=$NAME-schedule" --quiet >/dev/null
       say "scheduler $NAME-schedule: created ($SCHEDULE, $SCHEDULE_TIME_ZONE)"
+    fi
+  fi
+  if [[ "$FANOUT_ENABLED" == yes && "$SWEEP_SCHEDULE" != none ]]; then
+    # kind=sweep on the shard topic: the function sets stalled runs going again (or answers them).
+    if exists gcloud scheduler jobs describe "$NAME-sweep" --location="$REGION" --project="$PROJECT"; then
+      gcloud scheduler jobs update pubsub "$NAME-sweep" --location="$REGION" --project="$PROJECT" \
+        --schedule="$SWEEP_SCHEDULE" --time-zone=Etc/UTC --topic="$SHARDS_TOPIC" --message-body='{}' \
+        --update-attributes=kind=sweep --quiet >/dev/null
+      say "scheduler $NAME-sweep: settings applied ($SWEEP_SCHEDULE, UTC)"
+    else
+      gcloud scheduler jobs create pubsub "$NAME-sweep" --location="$REGION" --project="$PROJECT" \
+        --schedule="$SWEEP_SCHEDULE" --time-zone=Etc/UTC --topic="$SHARDS_TOPIC" --message-body='{}' \
+        --attributes=kind=sweep --quiet >/dev/null
+      say "scheduler $NAME-sweep: created ($SWEEP_SCHEDULE, UTC)"
     fi
   fi
 

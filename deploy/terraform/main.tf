@@ -5,6 +5,8 @@ locals {
   role_name = coalesce(var.aws_role_name, var.name)
   audience  = coalesce(var.id_token_audience, "//iam.amazonaws.com/${local.role_name}")
   names     = module.plan.names
+  # The fan-out's sweep: Cloud Scheduler publishes kind=sweep to the shard topic (docs/fan-out.md: Every run ends).
+  sweeping = var.fanout_enabled && var.sweep_schedule != null
 
   # Read through time_sleep, so that every grant to a service agent waits for it to be known to IAM.
   pubsub_agent    = "serviceAccount:${time_sleep.service_agents.triggers["pubsub"]}"
@@ -47,6 +49,7 @@ module "plan" {
   firestore_database      = var.firestore_database
   runs_collection         = var.runs_collection
   max_instances           = var.max_instances
+  concurrency             = var.concurrency
   fanout_max_in_flight    = var.fanout_max_in_flight
   partials_retention_days = var.partials_retention_days
 }
@@ -84,7 +87,7 @@ resource "google_project_service_identity" "pubsub" {
 }
 
 resource "google_project_service_identity" "scheduler" {
-  count      = var.schedule == null ? 0 : 1
+  count      = var.schedule == null && !local.sweeping ? 0 : 1
   provider   = google-beta
   project    = var.project
   service    = "cloudscheduler.googleapis.com"
@@ -393,6 +396,24 @@ resource "google_cloud_scheduler_job" "jobs" {
   depends_on = [google_project_service.apis, google_pubsub_topic_iam_member.scheduler_publishes_jobs]
 }
 
+# Every run ends: the sweep finds runs whose messages were lost or whose holder died, even when no message comes.
+resource "google_cloud_scheduler_job" "sweep" {
+  count     = local.sweeping ? 1 : 0
+  project   = var.project
+  region    = var.region
+  name      = "${var.name}-sweep"
+  schedule  = var.sweep_schedule
+  time_zone = "Etc/UTC"
+
+  pubsub_target {
+    topic_name = google_pubsub_topic.shards[0].id
+    data       = base64encode("{}")
+    attributes = { kind = "sweep" }
+  }
+
+  depends_on = [google_project_service.apis, google_pubsub_topic_iam_member.scheduler_publishes_sweeps]
+}
+
 # -- IAM ----------------------------------------------------------------------------------------------------
 
 resource "google_pubsub_topic_iam_member" "worker_publishes_results" {
@@ -452,6 +473,14 @@ resource "google_pubsub_topic_iam_member" "scheduler_publishes_jobs" {
   count   = var.schedule == null ? 0 : 1
   project = var.project
   topic   = google_pubsub_topic.jobs.name
+  role    = "roles/pubsub.publisher"
+  member  = local.scheduler_agent
+}
+
+resource "google_pubsub_topic_iam_member" "scheduler_publishes_sweeps" {
+  count   = local.sweeping ? 1 : 0
+  project = var.project
+  topic   = google_pubsub_topic.shards[0].name
   role    = "roles/pubsub.publisher"
   member  = local.scheduler_agent
 }

@@ -89,7 +89,7 @@ variable "cpu" {
 }
 
 variable "max_instances" {
-  description = "Most instances at once (the function's max_instance_count): an upper bound on parallel jobs and shards and on S3 request rate; also the default cap on a run's shards in flight (fanout_max_in_flight)."
+  description = "Most instances at once (the function's max_instance_count): an upper bound on parallel jobs and shards and on S3 request rate; with concurrency, the default cap on a run's shards in flight (fanout_max_in_flight)."
   type        = number
   default     = 10
 
@@ -272,9 +272,9 @@ variable "partials_retention_days" {
 }
 
 variable "shard_max_delivery_attempts" {
-  description = "Deliveries of a shard message before it moves to the shard dead-letter topic (5 to 100); the worker then records the shard as failed."
+  description = "Deliveries of a shard or merge message before it moves to the shard dead-letter topic (5 to 100). As for jobs, Cloud Run's 429s, a busy lease and contention count as deliveries: 30, with the same backoff. A dead-lettered shard whose reads did not fail is sent again (3 times at most); one whose reads failed 3 times is recorded failed."
   type        = number
-  default     = 5
+  default     = 30
 
   validation {
     condition     = var.shard_max_delivery_attempts >= 5 && var.shard_max_delivery_attempts <= 100
@@ -282,8 +282,14 @@ variable "shard_max_delivery_attempts" {
   }
 }
 
+variable "sweep_schedule" {
+  description = "Cron (UTC) on which Cloud Scheduler has the function sweep fanned-out runs: republish work whose messages were lost, take over merges whose holder died (docs/fan-out.md: Every run ends). null: no sweep (a stalled run then waits for `python -m worker sweep`)."
+  type        = string
+  default     = "*/5 * * * *"
+}
+
 variable "fanout_max_in_flight" {
-  description = "Default cap on a run's shards in flight (FANOUT_MAX_IN_FLIGHT; a job may ask for another, up to 1000); null: max_instances."
+  description = "A run's cap on shards in flight, and the most a job may ask for (FANOUT_MAX_IN_FLIGHT; a larger fan_out.max_in_flight is lowered to it); null: max_instances x concurrency, the capacity the function has."
   type        = number
   default     = null
 

@@ -45,7 +45,7 @@ def test_the_function_settings_of_the_cli_path_are_read_by_the_worker_and_match_
     assert settings.shard_topic == "projects/my-project/topics/parquet-summary-shards"
     assert settings.shard_dead_letter_topic == "projects/my-project/topics/parquet-summary-shards-dead-letter"
     assert (settings.firestore_database, settings.runs_collection) == ("(default)", "summary-runs")
-    assert settings.fanout_max_in_flight == 10  # MAX_INSTANCES
+    assert settings.fanout_max_in_flight == 80  # MAX_INSTANCES x CONCURRENCY: the function's capacity
     env = {k: v for k, v in env.items() if k not in FANOUT_SETTINGS}
     assert settings.role_arn == ROLE and settings.audience == "//iam.amazonaws.com/parquet-summary"
     assert settings.reply_topic == "projects/my-project/topics/parquet-summary-results"
@@ -148,8 +148,8 @@ def test_without_fan_out_the_function_has_no_fan_out_settings():
 def test_the_fan_out_defaults_of_both_paths_agree():
     run = bash(f'source "{DEPLOY}" && settings && echo "$FANOUT_ENABLED|$FIRESTORE_DATABASE|$CREATE_FIRESTORE_DATABASE|'
                '$RUNS_COLLECTION|$PARTIALS_RETENTION_DAYS|$SHARD_MAX_DELIVERY_ATTEMPTS|$FIRESTORE_LOCATION|'
-               '$FANOUT_MAX_IN_FLIGHT"', {"PROJECT": "p", "DATA_BUCKET": "b", "REGION": "europe-west1",
-                                          "MAX_INSTANCES": "40"})
+               '$FANOUT_MAX_IN_FLIGHT|$SWEEP_SCHEDULE"', {"PROJECT": "p", "DATA_BUCKET": "b", "REGION": "europe-west1",
+                                                         "MAX_INSTANCES": "40", "CONCURRENCY": "3"})
     assert run.returncode == 0, run.stderr
     variables = load()["variable"]
     yes = {True: "yes", False: "no"}
@@ -157,8 +157,8 @@ def test_the_fan_out_defaults_of_both_paths_agree():
         yes[variables["fanout_enabled"]["default"]], variables["firestore_database"]["default"],
         yes[variables["create_firestore_database"]["default"]], variables["runs_collection"]["default"],
         str(variables["partials_retention_days"]["default"]), str(variables["shard_max_delivery_attempts"]["default"]),
-        # Terraform's null: the region, and max_instances (see main.tf and modules/plan).
-        "europe-west1", "40"]
+        # Terraform's null: the region, and max_instances x concurrency (see main.tf and modules/plan).
+        "europe-west1", "120", variables["sweep_schedule"]["default"]]
     assert variables["firestore_location"]["default"] is None and variables["fanout_max_in_flight"]["default"] is None
 
 

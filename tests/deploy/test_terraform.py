@@ -195,11 +195,27 @@ def test_the_scheduler_publishes_the_plan_modules_job_to_the_jobs_topic(tf):
     assert target["attributes"] == {"schedule": "${local.names.scheduler_job}"}
     # Template dates are taken in the cron's own zone.
     assert tf["locals"]["environment"]["TEMPLATE_TIME_ZONE"] == "${var.schedule_time_zone}"
-    # No schedule: no scheduler job, no scheduler agent, no grant to it.
+    # No schedule: no scheduler job, no grant to it; no scheduler agent unless the sweep needs it.
     no_schedule = "${var.schedule == null ? 0 : 1}"
     assert scheduler["count"] == no_schedule
     assert resources(tf, "google_pubsub_topic_iam_member")["scheduler_publishes_jobs"]["count"] == no_schedule
-    assert resources(tf, "google_project_service_identity")["scheduler"]["count"] == no_schedule
+    assert resources(tf, "google_project_service_identity")["scheduler"]["count"] == \
+        "${var.schedule == null && !local.sweeping ? 0 : 1}"
+
+
+def test_the_sweep_publishes_kind_sweep_to_the_shard_topic_on_a_schedule(tf):
+    """Every run ends: the sweep runs even when no message does (docs/fan-out.md: Every run ends)."""
+    sweep = resources(tf, "google_cloud_scheduler_job")["sweep"]
+    assert sweep["count"] == "${local.sweeping ? 1 : 0}"
+    assert tf["locals"]["sweeping"] == "${var.fanout_enabled && var.sweep_schedule != null}"
+    (target,) = sweep["pubsub_target"]
+    assert target["topic_name"] == "${google_pubsub_topic.shards[0].id}"
+    assert target["attributes"] == {"kind": "sweep"}
+    assert sweep["schedule"] == "${var.sweep_schedule}" and tf["variable"]["sweep_schedule"]["default"] == "*/5 * * * *"
+    grant = resources(tf, "google_pubsub_topic_iam_member")["scheduler_publishes_sweeps"]
+    assert (grant["topic"], grant["role"], grant["member"], grant["count"]) == (
+        "${google_pubsub_topic.shards[0].name}", "roles/pubsub.publisher", "${local.scheduler_agent}",
+        "${local.sweeping ? 1 : 0}")
 
 
 def test_a_customer_managed_key_is_usable_by_pubsub_before_the_topics_exist(tf):
@@ -326,7 +342,9 @@ def test_shards_are_pushed_to_the_function_with_retries_then_dead_lettered_to_it
         "max_delivery_attempts": "${var.shard_max_delivery_attempts}"}]
     assert "dead_letter_policy" not in subs["shard_dead_letter"]  # no chain of dead letters
     attempts = tf["variable"]["shard_max_delivery_attempts"]
-    assert attempts["default"] == 5 and "<= 100" in attempts["validation"][0]["condition"]
+    # As many as jobs have: 429s, busy leases and contention count as deliveries (docs/fan-out.md).
+    assert attempts["default"] == tf["variable"]["max_delivery_attempts"]["default"] == 30
+    assert "<= 100" in attempts["validation"][0]["condition"]
     # Pub/Sub's service agent may move shards to their dead-letter topic and ack them, once it exists
     # (local.pubsub_agent waits for it, as for jobs).
     grants = {(r["role"], r.get("topic", r.get("subscription")), r["member"])
@@ -346,10 +364,11 @@ def test_the_function_has_max_instances_and_fan_out_settings(tf):
     assert service["max_instance_count"] == "${var.max_instances}"
     assert "var.max_instances <= 1000" in tf["variable"]["max_instances"]["validation"][0]["condition"]
     plan = tf["module"]["plan"][0]
-    for name in ("fanout_enabled", "firestore_database", "runs_collection", "max_instances", "fanout_max_in_flight",
-                 "partials_retention_days"):
+    for name in ("fanout_enabled", "firestore_database", "runs_collection", "max_instances", "concurrency",
+                 "fanout_max_in_flight", "partials_retention_days"):
         assert plan[name] == f"${{var.{name}}}"
-    assert tf["variable"]["fanout_max_in_flight"]["default"] is None  # then max_instances (evaluated elsewhere)
+    # then max_instances x concurrency (evaluated in test_terraform_binary.py)
+    assert tf["variable"]["fanout_max_in_flight"]["default"] is None
     assert tf["variable"]["runs_collection"]["default"] == "summary-runs"
     assert tf["output"]["fanout"]["value"] == "${module.plan.fanout_environment}"
 

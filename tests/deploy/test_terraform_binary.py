@@ -57,6 +57,10 @@ variable "max_instances" {
   type    = number
   default = 10
 }
+variable "concurrency" {
+  type    = number
+  default = 8
+}
 variable "fanout_max_in_flight" {
   type    = number
   default = null
@@ -79,6 +83,7 @@ module "plan" {
   firestore_database      = var.firestore_database
   runs_collection         = var.runs_collection
   max_instances           = var.max_instances
+  concurrency             = var.concurrency
   fanout_max_in_flight    = var.fanout_max_in_flight
   partials_retention_days = var.partials_retention_days
 }
@@ -291,7 +296,7 @@ def test_the_fan_out_settings_terraform_computes_are_read_by_the_worker(terrafor
     assert settings.shard_topic == f"projects/my-project/topics/{plan['names']['shard_topic']}"
     assert settings.shard_dead_letter_topic == f"projects/my-project/topics/{plan['names']['shard_dead_letter_topic']}"
     assert (settings.firestore_database, settings.runs_collection) == ("(default)", "summary-runs")
-    assert settings.fanout_max_in_flight == 40  # max_instances unless given
+    assert settings.fanout_max_in_flight == 320  # max_instances x concurrency (8) unless given
     given = plan_of(terraform, plan_module, fanout_max_in_flight=25)["fanout_environment"]
     assert given["FANOUT_MAX_IN_FLIGHT"] == "25"
     # The worker's Firestore grant is conditioned on this database only.

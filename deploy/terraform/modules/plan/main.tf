@@ -65,7 +65,7 @@ locals {
     SHARD_DEAD_LETTER_TOPIC = "projects/${var.project}/topics/${local.names.shard_dead_letter_topic}"
     FIRESTORE_DATABASE      = var.firestore_database
     RUNS_COLLECTION         = var.runs_collection
-    FANOUT_MAX_IN_FLIGHT    = tostring(coalesce(var.fanout_max_in_flight, var.max_instances))
+    FANOUT_MAX_IN_FLIGHT    = tostring(coalesce(var.fanout_max_in_flight, var.max_instances * var.concurrency))
   } : tomap({})
 
   # The one grant the worker has on Firestore, narrowed by an IAM condition to the runs database.

@@ -55,13 +55,19 @@ variable "runs_collection" {
 }
 
 variable "max_instances" {
-  description = "The function's max instances: the default cap on a run's shards in flight."
+  description = "The function's max instances (times concurrency: the default cap on a run's shards in flight)."
   type        = number
   default     = 10
 }
 
+variable "concurrency" {
+  description = "Requests one instance serves at once: with max_instances, the capacity a run's cap is held to."
+  type        = number
+  default     = 8
+}
+
 variable "fanout_max_in_flight" {
-  description = "Default cap on a run's shards in flight; null: max_instances."
+  description = "A run's cap on shards in flight, and the most a job may ask; null: max_instances x concurrency."
   type        = number
   default     = null
 }
