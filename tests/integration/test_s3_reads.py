@@ -235,6 +235,21 @@ def test_the_latency_proxy_answers_without_nagles_stall(moto, admin_s3, bucket, 
             assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), "the accepted socket delays writes"
             assert upstream.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), "the upstream socket delays writes"
 
+
+def test_the_latency_proxy_replays_a_read_it_has_answered(moto, admin_s3, bucket, storage_at):
+    """``replay`` (the fan-out benchmark's): a selected request is forwarded once per path and Range, then
+    answered from memory, so that moto's CPU does not compete with the instances measured; other requests,
+    and reads of another range, still reach moto."""
+    admin_s3.put_object(Bucket=bucket, Key="k", Body=b"0123456789")
+    with RecordingProxy(moto[0], replay=lambda method, path: method == "GET") as proxy:
+        objects = storage_at(proxy.url).objects(bucket, "replay")
+        assert objects.fetch("k", 2, 5) == b"2345"
+        admin_s3.delete_object(Bucket=bucket, Key="k")
+        assert objects.fetch("k", 2, 5) == b"2345"  # the same read again: moto is not asked
+        with pytest.raises(ObjectChanged):
+            objects.fetch("k", 0, 3)  # another range: moto answers that the object is gone
+        assert [s.status for s in proxy.seen if s.method == "GET"] == [206, 206, 404]
+
 # -- one object's refusal is that object's ------------------------------------------------
 
 
