@@ -27,6 +27,14 @@ two loops per subscription, each waiting for its answer, so it never has more th
 whatever the number of instances (``--pusher emulator`` shows it). Real Pub/Sub push keeps as many
 outstanding as the endpoint takes.
 
+S3 reads are replayed (``--s3 replay``, the default): an unmeasured first run of each mode goes to moto, and
+the proxy answers the same GETs (path and Range: object reads and listing pages) again from memory, after its
+delay. moto spends about 4-5 ms of CPU per request in one process (its GIL): four instances reading at 30 ms
+need more than a core of it, taken from the same 2 cores as the instances, which real S3 never takes (4
+instances were 1.65-1.88x one with every read on moto, their shards read at half speed). ``--s3 moto`` sends
+every request to moto. The configurations' fleets are all up at once and their runs take turns (1, 4, 1, 4,
+...), so that each round compares runs next to each other in time on a shared machine.
+
 A benchmark, not a test: 2 shared cores run everything (the stand-ins, the instances, the proxies).
 """
 
@@ -187,6 +195,21 @@ def upload(stack: LocalStack, args) -> dict[str, dict]:
     return {"metadata": {"prefix": "small/", "files": args.objects, "rows": 3 * args.objects},
             "full": {"prefix": "big/", "files": args.big_files, "rows": args.big_rows * args.big_files,
                      "bytes": big_bytes}}
+
+
+def s3_round_trip(stack: LocalStack, endpoint: str, count: int = 30) -> float:
+    """Median seconds of ``count`` sequential ranged GETs of one warm-up object at ``endpoint``: what one S3
+    request costs the instances (through the proxy: its delay plus moto and the proxy themselves)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=stack.region, **stack._admin_keys)
+    took = []
+    for i in range(count + 1):
+        started = time.perf_counter()
+        s3.get_object(Bucket=BUCKET, Key="warm/day=0/part-00.parquet", Range="bytes=-8")["Body"].read()
+        if i:  # the first one opens the connection
+            took.append(time.perf_counter() - started)
+    return statistics.median(took)
 
 
 # -- Pub/Sub push with more than the emulator's two pushes outstanding ----------------------------------
@@ -546,6 +569,16 @@ def report(runs: list[dict], args, cores: int) -> list[str]:
                     "shard s (median)", "requests per instance", "most requests at once", "S3 LIST", "S3 GET",
                     "S3 req/object", "GET/object", "Firestore transactions", "aborted (retried)", "plain writes",
                     "Firestore reads", "Firestore writes", "reads / writes per shard", "GCS requests"], rows)
+    low, high = min(args.instances), max(args.instances)
+    for mode in args.modes:
+        pairs = []
+        for round_ in range(args.repeat):
+            rates = {r["instances"]: r["objects"] / r["wall"] for r in runs
+                     if r["mode"] == mode and r.get("round") == round_}
+            if low in rates and high in rates and low != high:
+                pairs.append(f"{rates[high] / rates[low]:.2f}")
+        if pairs:
+            lines.append(f"{mode}: {high} instances against {low} in the same round: {', '.join(pairs)}")
     lines.append("")
     lines.append(f"CPU seconds used during each run ({cores} cores = {cores} CPU-seconds per second of wall time; "
                  "% = of one core over the run):")
@@ -618,6 +651,11 @@ def main() -> None:
     parser.add_argument("--in-flight-extra", type=int, default=1,
                         help="FANOUT_MAX_IN_FLIGHT = instances x concurrency + this (see Fleet)")
     parser.add_argument("--s3-delay-ms", type=float, default=30.0, help="added to every S3 request by the proxy")
+    parser.add_argument("--s3", choices=["replay", "moto"], default="replay",
+                        help="replay: the S3 proxy forwards each object read (path and Range) to moto once, in an "
+                             "unmeasured first run of each mode, and answers it again from memory (after its delay); "
+                             "moto: moto answers every request, and its CPU competes with the instances' (see "
+                             "docs/benchmarks.md)")
     parser.add_argument("--pusher", choices=["bench", "emulator"], default="bench",
                         help="who pushes shard messages: this script (as many as the instances take) or the "
                              "emulator's push subscription (two at a time)")
@@ -639,7 +677,9 @@ def main() -> None:
         f"READ_CONCURRENCY={args.read_concurrency} per shard in metadata mode, FULL_MODE_CONCURRENCY default (2); "
         f"{args.concurrency} shard(s) at once per instance, FANOUT_MAX_IN_FLIGHT = instances x {args.concurrency} + "
         f"{args.in_flight_extra}; SHARD_OBJECTS {args.shard_objects} (metadata), {args.full_shard_objects} (full); "
-        f"S3 through a proxy adding {args.s3_delay_ms:g} ms per request; shard messages pushed by {pusher}")
+        f"S3 through a proxy adding {args.s3_delay_ms:g} ms per request"
+        f"{', object reads replayed from memory after a first run (--s3 replay)' if args.s3 == 'replay' else ''}; "
+        f"shard messages pushed by {pusher}")
     cores = os.cpu_count() or 1
     runs: list[dict] = []
     workdir = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
@@ -650,21 +690,36 @@ def main() -> None:
         expected = upload(stack, args)
         answers = Answers(stack)
         try:
-            with RecordingProxy(stack.aws_endpoint, delay_s=args.s3_delay_ms / 1000) as s3, \
+            replay = (lambda method, path: method == "GET") if args.s3 == "replay" else None
+            with RecordingProxy(stack.aws_endpoint, delay_s=args.s3_delay_ms / 1000, replay=replay) as s3, \
                     RecordingProxy(stack.storage_endpoint) as gcs:
+                direct, proxied = s3_round_trip(stack, stack.aws_endpoint), s3_round_trip(stack, s3.url)
+                header.append(f"S3 request (sequential ranged GET, median of 30): {1000 * proxied:.1f} ms through "
+                              f"the proxy, {1000 * direct:.1f} ms straight to moto")
+                print(header[-1], file=sys.stderr, flush=True)
                 for mode in args.modes:
-                    for n in args.instances:
-                        fleet = Fleet(stack, n, mode, args, s3, gcs, counter / "counts", answers).start()
-                        try:
-                            fleet.warm(expected[mode])
-                            for _ in range(args.repeat):
+                    # Every configuration's fleet is up at once and the runs take turns (1, 2, 4, 1, 2, 4, ...):
+                    # on a shared machine, runs next to each other in time are the ones worth comparing.
+                    fleets: list[Fleet] = []
+                    try:
+                        for n in args.instances:
+                            fleets.append(Fleet(stack, n, mode, args, s3, gcs, counter / "counts", answers).start())
+                            fleets[-1].warm(expected[mode])
+                        if replay is not None:
+                            started = time.perf_counter()
+                            fleets[-1].run_job(expected[mode]["prefix"], args.timeout)
+                            print(f"{mode}: replies primed by one unmeasured run "
+                                  f"({time.perf_counter() - started:.1f}s)", file=sys.stderr, flush=True)
+                        for round_ in range(args.repeat):
+                            for fleet in fleets:
                                 runs.append(measure(stack, fleet, expected[mode], s3, gcs, counter / "counts",
-                                                    args.timeout))
+                                                    args.timeout) | {"round": round_})
                                 r = runs[-1]
-                                print(f"{mode} x{n}: {r['objects']} objects in {r['wall']:.1f}s "
+                                print(f"{mode} x{fleet.n}: {r['objects']} objects in {r['wall']:.1f}s "
                                       f"({r['objects'] / r['wall']:.1f}/s), {r['shards']} shards, cpu "
                                       f"{ {k: round(v, 1) for k, v in r['cpu'].items()} }", file=sys.stderr, flush=True)
-                        finally:
+                    finally:
+                        for fleet in fleets:
                             fleet.stop()
         finally:
             answers.stop()

@@ -144,6 +144,7 @@ def message_id_of(body: bytes) -> str:
 def _handler_for(balancer: CloudRunBalancer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes: see the same line in proxy.py
 
         def log_message(self, *args) -> None:
             pass
