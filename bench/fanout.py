@@ -303,10 +303,7 @@ class Fleet:
         self.env = {
             "AWS_ENDPOINT_URL": s3.url, "STORAGE_EMULATOR_HOST": gcs.url,
             "SHARD_TOPIC": self.shard_topic, "SHARD_DEAD_LETTER_TOPIC": self.dead_letter_topic,
-            # One more than the instances take: before worker.runs.queued_wanted, a finishing shard's commit read
-            # queued shards only as far as the room under the cap before it, so at exactly the cap one slot stayed
-            # empty (and a cap of 1 stalled). Harmless now: the pusher still hands the balancer no more than
-            # ``capacity`` at once, and the extra shard waits there.
+            # The pusher hands the balancer no more than ``capacity`` at once: an extra shard in flight waits there.
             "FANOUT_MAX_IN_FLIGHT": str(self.capacity + args.in_flight_extra),
             "SHARD_OBJECTS": str(args.shard_objects if mode == "metadata" else args.full_shard_objects),
             "BENCH_FIRESTORE_COUNTS": str(counts_dir),
@@ -471,7 +468,7 @@ def measure(stack: LocalStack, fleet: Fleet, expected: dict, s3: RecordingProxy,
         "shards": fan["shards"], "retried": fan["retried"], "failed": fan["failed"],
         "hand_offs": sum(1 for s in shards if s.children), "wall_run": fan["wall_seconds"], "wall": wall,
         "bytes_read": fan["bytes_read"], "busy": sum(s.seconds for s in shards) / (fleet.n * wall),
-        "shard_seconds": statistics.median([s.seconds for s in shards if s.listed]) if shards else 0.0,
+        "shard_seconds": statistics.median([s.seconds for s in shards if s.counts.listed]) if shards else 0.0,
         "lists": lists, "gets": gets, "s3_other": len(requests_s3) - lists - gets,
         "gcs": len(gcs.seen) - seen_gcs, "firestore": counts, "cpu": cpu,
         "per_instance": "/".join(str(per_instance.get(i, 0)) for i in range(fleet.n)),
@@ -479,33 +476,47 @@ def measure(stack: LocalStack, fleet: Fleet, expected: dict, s3: RecordingProxy,
     }
 
 
-# -- the run document under simultaneous commits -----------------------------------------------------------
+# -- simultaneous shard commits of one run -----------------------------------------------------------
 
 
 def commit_once(stack: LocalStack, n: int) -> list[tuple[float, bool]]:
-    """``n`` instances finishing a shard of one new run at the same instant: (seconds, committed) for each."""
+    """``n`` instances finishing a shard each of one new run at the same instant, through the worker's own store and
+    decision (``decisions.finish``, a transaction on the shard's records only): (seconds, committed) for each."""
     from worker.adapters.firestore import FirestoreRunStore
     from worker.devstack.stack import FIRESTORE_DATABASE, RUNS_COLLECTION
     from worker.errors import Retryable
-    from worker.fanout import Outcome, decide_finish
-    from worker.runs import DISPATCHED, DONE, QUEUED, Change, RunRecord, ShardRecord, shard_id_of
+    from worker.fanout import decisions as d
+    from worker.fanout.records import (
+        DISPATCHED,
+        DONE,
+        QUEUED,
+        Counts,
+        Lease,
+        Reads,
+        RunRecord,
+        ShardRecord,
+        shard_id_of,
+    )
 
-    stores = [FirestoreRunStore.from_settings(stack.project, FIRESTORE_DATABASE, RUNS_COLLECTION) for _ in range(n)]
+    stores = [FirestoreRunStore.from_settings(stack.project, FIRESTORE_DATABASE, RUNS_COLLECTION)
+              for _ in range(n)]
     run_id = f"probe-{uuid.uuid4().hex[:10]}"
     shards = [ShardRecord(shard_id_of(run_id, f"k{i:03d}", f"k{i + 1:03d}"), f"k{i:03d}", f"k{i + 1:03d}",
-                          state=DISPATCHED if i < n else QUEUED) for i in range(n + 4)]
-    run = RunRecord(run_id=run_id, job={}, created_at=time.time(), max_in_flight=n + 1, in_flight=n,
-                    shards_total=len(shards), shards_open=len(shards))
-    stores[0].transact(run_id, None, lambda *_: Change(run=run, shards=shards, value=None))
+                          state=DISPATCHED if i < n else QUEUED, generation=1,
+                          lease=Lease(f"t{i}", time.time() + 600) if i < n else Lease()) for i in range(n + 4)]
+    run = RunRecord(run_id=run_id, job_json="{}", created_at=time.time(), max_in_flight=n)
+    stores[0].create_run(run, shards)
     barrier = threading.Barrier(n)
     took: list[tuple[float, bool]] = []
 
     def finish(i: int) -> None:
-        shard_id = shards[i].shard_id
+        shard = shards[i]
+        outcome = d.Outcome(DONE, partial="p", read_stop=shard.stop, counts=Counts(listed=1))
         barrier.wait()
         started = time.monotonic()
         try:
-            stores[i].transact(run_id, shard_id, decide_finish(run_id, shard_id, Outcome(DONE, listed=1), time.time()))
+            stores[i].transact(run_id, Reads(shards=(shard.shard_id,), queued=1),
+                               d.finish(run_id, shard.shard_id, outcome, time.time(), 0, token=f"t{i}"))
             took.append((time.monotonic() - started, True))
         except Retryable:
             took.append((time.monotonic() - started, False))
@@ -521,9 +532,10 @@ def commit_once(stack: LocalStack, n: int) -> list[tuple[float, bool]]:
 
 
 def commit_probe(stack: LocalStack, counts: list[int], repeat: int) -> list[str]:
-    """Simultaneous commits on one run's document: the worker's own store (``FirestoreRunStore``) and decision
-    (``decide_finish``), each instance with its own client, against the stack's Firestore. A commit that gives up
-    (``Retryable``: contention outlasted the client's attempts) has its shard redelivered and read again."""
+    """Simultaneous shard commits of one run: the worker's own store (``FirestoreRunStore``) and decision
+    (``decisions.finish``), each instance with its own client, against the stack's Firestore. Each commit writes its
+    own shard's record and dispatches one queued shard (its slot); none writes the run's record. A commit that gives
+    up (``Retryable``: contention outlasted the client's attempts) has its shard redelivered."""
     rows = []
     for n in counts:
         for _ in range(repeat):
@@ -532,7 +544,7 @@ def commit_probe(stack: LocalStack, counts: list[int], repeat: int) -> list[str]
             rows.append([str(n), " ".join(f"{t:.2f}" for t in seconds), f"{statistics.median(seconds):.2f}",
                          str(sum(1 for _, ok in took if not ok))])
             print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
-    return ["Simultaneous shard commits on one run (each instance its own Firestore client; seconds per commit):",
+    return ["Simultaneous shard commits of one run (each instance its own Firestore client; seconds per commit):",
             *table(["instances committing at once", "seconds per commit", "median", "gave up (Retryable)"], rows)]
 
 
@@ -666,8 +678,8 @@ def main() -> None:
                              "(default 1 2 4 8), against the stack's Firestore")
     args = parser.parse_args()
     if args.commit_probe is not None:
-        header = provenance("the run document under simultaneous commits (worker.adapters.firestore, "
-                            "worker.fanout.decide_finish)")
+        header = provenance("simultaneous shard commits of one run (worker.adapters.firestore, "
+                            "worker.fanout.decisions.finish)")
         with LocalStack(Path(tempfile.mkdtemp(prefix="bench-fanout-probe-"))) as stack:
             lines = commit_probe(stack, args.commit_probe or [1, 2, 4, 8], args.repeat)
         print("\n".join([*header, *lines]))

@@ -261,9 +261,11 @@ class Coordinator:
                 if outcome is None:  # the lease was lost (this delivery outlived it): the new holder reads it
                     log.warning("shard lease lost while reading: nothing recorded", extra={"fields": fields})
                     return
+                committing = time.monotonic()
                 room = self._room(run)
                 finished = self.runs.transact(run_id, Reads(shards=(shard_id,), queued=_wanted(room + 1)), d.finish(
                     run_id, shard_id, outcome, self.clock(), room, token=token))
+                commit_ms = round((time.monotonic() - committing) * 1000, 1)
         except _HandBack as e:
             # The instance was busy with other full-mode reads: hand the shard back without spending one of this
             # message's delivery attempts (its lease given up, a new copy of its message sent; this one acked).
@@ -280,7 +282,7 @@ class Coordinator:
             log.warning("shard not recorded: %s", finished.why, extra={"fields": fields})
             return
         self._published(run_id, shard_id, finished.publish)
-        log.info("shard committed", extra={"fields": fields | {"state": outcome.state,
+        log.info("shard committed", extra={"fields": fields | {"state": outcome.state, "commit_ms": commit_ms,
                                                                "published": len(finished.publish)}})
         self._close_if_done(run)
 
@@ -357,23 +359,26 @@ class Coordinator:
         job = job_of(run.job_json)
         fields = {"job_id": job.job_id, "run_id": run.run_id, "shard_id": shard.shard_id}
         started = time.monotonic()
+        phases: dict[str, float] = {}
         try:
             host.storage.ensure_credentials()
             store = host.storage.objects(job.bucket, job.job_id)
             listing = list_range(store, job.prefix, shard.start, shard.stop)
-            own = list(itertools.islice(listing, settings.shard_objects))
-            more = bool(own) and next(listing, None) is not None
+            with _phase(phases, "listing"):
+                own = list(itertools.islice(listing, settings.shard_objects))
+                more = bool(own) and next(listing, None) is not None
             stop = shard.stop
             if more:
                 # More than a shard's share: hand the rest of the range on now, so it is listed (and read) in
                 # parallel with this share, rather than after it.
                 cut = after(own[-1][0])
-                room = self._room(run)
-                handed = self.runs.transact(run.run_id, Reads(shards=(shard.shard_id,), queued=_wanted(room - 1)),
-                                            d.hand_off(run.run_id, shard.shard_id, token, cut, room, self.clock()))
-                if handed.lost:
-                    return None
-                self._published(run.run_id, shard.shard_id, handed.publish)
+                with _phase(phases, "hand_off"):
+                    room = self._room(run)
+                    handed = self.runs.transact(run.run_id, Reads(shards=(shard.shard_id,), queued=_wanted(room - 1)),
+                                                d.hand_off(run.run_id, shard.shard_id, token, cut, room, self.clock()))
+                    if handed.lost:
+                        return None
+                    self._published(run.run_id, shard.shard_id, handed.publish)
                 stop = handed.stop
                 if stop != cut:  # an earlier delivery cut elsewhere: its cut stands
                     own = list(list_range(store, job.prefix, shard.start, stop))
@@ -404,8 +409,8 @@ class Coordinator:
 
             tally = Tally()
             full = job.mode == "full"
-            with _handing_back(), host.turn(full, what="read(s)", fields=fields,
-                                            step="waiting for a full-mode turn (reading a shard)"):
+            with _phase(phases, "reading"), _handing_back(), host.turn(
+                    full, what="read(s)", fields=fields, step="waiting for a full-mode turn (reading a shard)"):
                 budget[0] = time.monotonic()  # the budget starts with the turn, and ends by the deadline
                 budget[1] = min(budget[0] + settings.shard_seconds, hard)
                 if hard - budget[0] < settings.shard_seconds / 2:
@@ -423,11 +428,14 @@ class Coordinator:
             name = blob_name(run.run_id, shard.shard_id, shard.start, covered if covered is not None else stop)
             from worker import partials
 
-            self.stores.blobs.put_once(name, partials.encode(summary))
+            with _phase(phases, "storing"):
+                self.stores.blobs.put_once(name, partials.encode(summary))
             counts = Counts(listed=tally.listed, parquet=tally.parquet, refused=tally.refused,
                             bytes_listed=sum(size for k, size in own if covered is None or k < covered),
                             bytes_read=summary.bytes)
-            log.info("shard read", extra={"fields": fields | {"objects": tally.listed, "handed_on": len(handed_on)}})
+            log.info("shard read", extra={"fields": fields | {
+                "objects": tally.listed, "handed_on": len(handed_on), "unread": len(own) - tally.listed,
+                "timings_ms": {k: round(v, 1) for k, v in phases.items()}}})
             return d.Outcome(DONE, partial=name, read_stop=stop, covered_stop=covered, handed=sized, counts=counts,
                              first_refusal=tally.first_refusal, seconds=time.monotonic() - started)
         except _HandBack:
@@ -774,6 +782,15 @@ class Coordinator:
         room = self._room(run) if run is not None else 0
         if room:
             self._publish(run_id, self.runs.transact(run_id, Reads(queued=room), d.dispatch_queued(room, self.clock())))
+
+
+@contextlib.contextmanager
+def _phase(phases: dict[str, float], name: str):
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        phases[name] = phases.get(name, 0.0) + (time.monotonic() - started) * 1000.0
 
 
 def _wanted(room: int) -> int:
