@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from worker.errors import ConfigError
+from worker.partials import MAX_PAYLOAD_BYTES
 from worker.summary import Limits
 from worker.templates import TemplateError, zone
 
@@ -49,6 +50,7 @@ FANOUT_MIN_BYTES = "FANOUT_MIN_BYTES"
 SHARD_OBJECTS = "SHARD_OBJECTS"
 SHARD_SECONDS = "SHARD_SECONDS"
 FANOUT_MAX_IN_FLIGHT = "FANOUT_MAX_IN_FLIGHT"
+PARTIAL_MAX_BYTES = "PARTIAL_MAX_BYTES"
 K_SERVICE = "K_SERVICE"
 K_REVISION = "K_REVISION"
 
@@ -94,6 +96,7 @@ class Settings:
     shard_objects: int = 1000
     shard_seconds: int = 240
     fanout_max_in_flight: int = 50
+    partial_max_bytes: int = MAX_PAYLOAD_BYTES
 
     @property
     def fanout_enabled(self) -> bool:
@@ -138,6 +141,9 @@ class Settings:
         fanout_min_bytes = _int(get(FANOUT_MIN_BYTES), FANOUT_MIN_BYTES, 16 << 30, 1, 1 << 50, problems)
         shard_objects = _int(get(SHARD_OBJECTS), SHARD_OBJECTS, 1000, 1, 100_000, problems)
         fanout_max_in_flight = _int(get(FANOUT_MAX_IN_FLIGHT), FANOUT_MAX_IN_FLIGHT, 50, 1, 1000, problems)
+        # A partial summary larger than this, stored or inflated, is refused unread (worker.partials): its range
+        # counts as lost. The merge holds one partial at a time, with the summary it merges into.
+        partial_max = _int(get(PARTIAL_MAX_BYTES), PARTIAL_MAX_BYTES, MAX_PAYLOAD_BYTES, 1 << 20, 2 << 30, problems)
         allowed_reply_topics = set()
         for name in filter(None, (t.strip() for t in get(ALLOWED_REPLY_TOPICS).split(","))):
             with contextlib.suppress(ValueError):  # a short name without a project: refused just below
@@ -217,6 +223,7 @@ class Settings:
             shard_objects=shard_objects,
             shard_seconds=shard_seconds,
             fanout_max_in_flight=fanout_max_in_flight,
+            partial_max_bytes=partial_max,
         )
 
     def limits(self) -> Limits:

@@ -162,7 +162,7 @@ class BlobStore(Protocol):
         call created it, False if it was there already (left untouched)."""
         ...
 
-    def get(self, name: str) -> bytes:
+    def get(self, name: str, *, max_bytes: int | None = None) -> bytes:
         """The blob's bytes; ``NotFound`` if there is none."""
         ...
 
