@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from worker import retention
 from worker.errors import ConfigError
 from worker.partials import MAX_PAYLOAD_BYTES
 from worker.summary import Limits
@@ -51,6 +52,7 @@ SHARD_OBJECTS = "SHARD_OBJECTS"
 SHARD_SECONDS = "SHARD_SECONDS"
 FANOUT_MAX_IN_FLIGHT = "FANOUT_MAX_IN_FLIGHT"
 PARTIAL_MAX_BYTES = "PARTIAL_MAX_BYTES"
+RUNS_RETENTION_DAYS = "RUNS_RETENTION_DAYS"
 K_SERVICE = "K_SERVICE"
 K_REVISION = "K_REVISION"
 
@@ -97,6 +99,7 @@ class Settings:
     shard_seconds: int = 240
     fanout_max_in_flight: int = 50
     partial_max_bytes: int = MAX_PAYLOAD_BYTES
+    runs_retention_days: int = retention.DEFAULT_DAYS
 
     @property
     def fanout_enabled(self) -> bool:
@@ -144,6 +147,9 @@ class Settings:
         # A partial summary larger than this, stored or inflated, is refused unread (worker.partials): its range
         # counts as lost. The merge holds one partial at a time, with the summary it merges into.
         partial_max = _int(get(PARTIAL_MAX_BYTES), PARTIAL_MAX_BYTES, MAX_PAYLOAD_BYTES, 1 << 20, 2 << 30, problems)
+        # Days a run's records (Firestore TTL on expire_at) and its partials (the bucket's lifecycle) are kept.
+        retention_days = _int(get(RUNS_RETENTION_DAYS), RUNS_RETENTION_DAYS, retention.DEFAULT_DAYS, 1,
+                              retention.MAX_DAYS, problems)
         allowed_reply_topics = set()
         for name in filter(None, (t.strip() for t in get(ALLOWED_REPLY_TOPICS).split(","))):
             with contextlib.suppress(ValueError):  # a short name without a project: refused just below
@@ -224,6 +230,7 @@ class Settings:
             shard_seconds=shard_seconds,
             fanout_max_in_flight=fanout_max_in_flight,
             partial_max_bytes=partial_max,
+            runs_retention_days=retention_days,
         )
 
     def limits(self) -> Limits:
