@@ -56,8 +56,10 @@ def build_stores(settings: Settings):
     from worker.fanout.coordinator import Stores
 
     return Stores(runs=FirestoreRunStore.from_settings(settings.project, settings.firestore_database,
-                                                       settings.runs_collection),
-                  blobs=GcsBlobStore.from_settings(settings.project, settings.partials_bucket),
+                                                       settings.runs_collection,
+                                                       retention_days=settings.runs_retention_days),
+                  blobs=GcsBlobStore.from_settings(settings.project, settings.partials_bucket,
+                                                   max_bytes=settings.partial_max_bytes),
                   shards=ShardPublisher(settings.shard_topic))
 
 

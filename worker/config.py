@@ -13,7 +13,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from worker import retention
 from worker.errors import ConfigError
+from worker.partials import MAX_PAYLOAD_BYTES
 from worker.summary import Limits
 from worker.templates import TemplateError, zone
 
@@ -52,6 +54,8 @@ FANOUT_MAX_IN_FLIGHT = "FANOUT_MAX_IN_FLIGHT"
 LEASE_SECONDS = "LEASE_SECONDS"
 MERGE_FAN_IN = "MERGE_FAN_IN"
 SWEEP_STALL_SECONDS = "SWEEP_STALL_SECONDS"
+PARTIAL_MAX_BYTES = "PARTIAL_MAX_BYTES"
+RUNS_RETENTION_DAYS = "RUNS_RETENTION_DAYS"
 K_SERVICE = "K_SERVICE"
 K_REVISION = "K_REVISION"
 
@@ -100,6 +104,8 @@ class Settings:
     lease_seconds: int = 30
     merge_fan_in: int = 50
     sweep_stall_seconds: int = 900
+    partial_max_bytes: int = MAX_PAYLOAD_BYTES
+    runs_retention_days: int = retention.DEFAULT_DAYS
 
     @property
     def fanout_enabled(self) -> bool:
@@ -150,6 +156,12 @@ class Settings:
         merge_fan_in = _int(get(MERGE_FAN_IN), MERGE_FAN_IN, 50, 2, 1000, problems)
         # The sweeper publishes again work dispatched this long ago with no live lease (its messages lost).
         sweep_stall_seconds = _int(get(SWEEP_STALL_SECONDS), SWEEP_STALL_SECONDS, 900, 10, 86400, problems)
+        # A partial summary larger than this, stored or inflated, is refused unread (worker.partials): its range
+        # counts as lost. The merge holds one partial at a time, with the summary it merges into.
+        partial_max = _int(get(PARTIAL_MAX_BYTES), PARTIAL_MAX_BYTES, MAX_PAYLOAD_BYTES, 1 << 20, 2 << 30, problems)
+        # Days a run's records (Firestore TTL on expire_at) and its partials (the bucket's lifecycle) are kept.
+        retention_days = _int(get(RUNS_RETENTION_DAYS), RUNS_RETENTION_DAYS, retention.DEFAULT_DAYS, 1,
+                              retention.MAX_DAYS, problems)
         allowed_reply_topics = set()
         for name in filter(None, (t.strip() for t in get(ALLOWED_REPLY_TOPICS).split(","))):
             with contextlib.suppress(ValueError):  # a short name without a project: refused just below
@@ -232,6 +244,8 @@ class Settings:
             lease_seconds=lease_seconds,
             merge_fan_in=merge_fan_in,
             sweep_stall_seconds=sweep_stall_seconds,
+            partial_max_bytes=partial_max,
+            runs_retention_days=retention_days,
         )
 
     def limits(self) -> Limits:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import io
 import operator
 import pickle  # plain values only: every global is refused on load (_PlainUnpickler)
 import zlib
@@ -40,9 +39,13 @@ VERSION = 1
 HEADER_BYTES = len(MAGIC) + 1 + 8
 PICKLE_PROTOCOL = 5  # fixed, so the bytes do not change with the Python version's default
 ZLIB_LEVEL = 6
-# A payload may declare at most this many bytes (zlib expands up to ~1,000 times: a small blob must not
-# claim gigabytes). A full-mode partial costs ~33 KB per numeric column, so 2 GiB holds ~60,000 of them.
-MAX_PAYLOAD_BYTES = 2 << 30
+# What a partial may weigh, stored and inflated, unless the caller says (PARTIAL_MAX_BYTES): zlib expands up
+# to ~1,000 times, so a small blob must not claim gigabytes. A full-mode partial costs ~33 KB per numeric
+# column, so 256 MiB holds ~8,000 of them.
+MAX_PAYLOAD_BYTES = 256 << 20
+# Compressed bytes handed to zlib at a time (what it has not consumed is copied on each call, so the whole
+# body at once would be copied once per read), and inflated bytes asked of it at a time.
+_INPUT_CHUNK = 64 << 10
 
 
 class CorruptPartial(WorkerError):
@@ -51,6 +54,15 @@ class CorruptPartial(WorkerError):
 
     code = "internal"
     retryable = False
+
+
+class PartialTooLarge(CorruptPartial):
+    """Raised when a partial is over the size bound (PARTIAL_MAX_BYTES), as stored or as its header declares
+    its payload: refused before it is downloaded or inflated. ``details`` carry ``size`` and ``max_bytes``."""
+
+    def __init__(self, message: str, *, size: int, max_bytes: int):
+        super().__init__(message, details={"size": size, "max_bytes": max_bytes})
+        self.size, self.max_bytes = size, max_bytes
 
 
 def encode(summary: Summary) -> bytes:
@@ -74,7 +86,9 @@ def encode(summary: Summary) -> bytes:
 def decode(data: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Summary:
     """The summary :func:`encode` turned into ``data``; CorruptPartial for anything else.
 
-    ``max_bytes`` bounds the decompressed payload, checked before it is decompressed.
+    ``max_bytes`` bounds the decompressed payload: a header that declares more is refused before anything is
+    inflated (:class:`PartialTooLarge`), and the payload is inflated chunk by chunk as the unpickler reads it,
+    never past what the header declares, so neither a bomb nor a long payload is ever held whole.
     """
     view = memoryview(data)
     if len(view) < HEADER_BYTES:
@@ -86,9 +100,9 @@ def decode(data: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Summary:
         raise CorruptPartial(f"partial summary of format version {version}; this worker reads version {VERSION}")
     size = int.from_bytes(view[len(MAGIC) + 1:HEADER_BYTES], "little")
     if size > max_bytes:
-        raise CorruptPartial(f"partial summary declares a {size}-byte payload, over the limit of {max_bytes} bytes")
-    payload = _inflate(view[HEADER_BYTES:], size)
-    names, tree = _unpickle(payload)
+        raise PartialTooLarge(f"partial summary declares a {size}-byte payload, over the limit of {max_bytes} bytes "
+                              "(PARTIAL_MAX_BYTES)", size=size, max_bytes=max_bytes)
+    names, tree = _unpickle(_Inflating(view[HEADER_BYTES:], size))
     if names != _names():
         raise CorruptPartial("partial summary written by a worker whose summary fields differ from this one's: "
                              f"{_diff(names)}")
@@ -98,21 +112,102 @@ def decode(data: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Summary:
         raise CorruptPartial(f"payload is not a partial summary: {e}") from None
 
 
-def _inflate(body: memoryview, size: int) -> bytes:
-    inflater = zlib.decompressobj()
-    try:
-        payload = inflater.decompress(body, size + 1)  # at most one byte more than declared: enough to tell
-    except zlib.error as e:
-        raise CorruptPartial(f"compressed payload is corrupt (zlib: {e})") from None
-    if len(payload) > size or inflater.unconsumed_tail:
-        raise CorruptPartial(f"compressed payload is longer than the {size} bytes its header declares")
-    if not inflater.eof:
-        raise CorruptPartial("compressed payload is truncated")
-    if len(payload) != size:
-        raise CorruptPartial(f"payload is {len(payload)} bytes, its header declares {size}")
-    if inflater.unused_data:
-        raise CorruptPartial(f"{len(inflater.unused_data)} stray bytes after the compressed payload")
-    return payload
+class _Inflating:
+    """The payload as a file the unpickler reads: inflated on demand a chunk at a time, never more than ``size``
+    bytes (what the header declares), each fault of the compressed stream a CorruptPartial of its own."""
+
+    def __init__(self, body: memoryview, size: int):
+        self._body, self._size = body, size
+        self._inflater = zlib.decompressobj()
+        self._fed = 0  # bytes of body handed to zlib
+        self._pending = b""  # what zlib has not consumed of what it was handed
+        self._chunk, self._at = b"", 0  # inflated bytes, and how far the unpickler has read them
+        self.inflated = 0
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._size - self.inflated + len(self._chunk) - self._at
+        want = left if n is None or n < 0 else min(n, left)
+        pieces = []
+        while want > 0 and self._fill():
+            piece = self._chunk[self._at:self._at + want]
+            self._at += len(piece)
+            want -= len(piece)
+            pieces.append(piece)
+        if n is not None and n > left:
+            self._refuse_more()  # the pickle reads past the declared end: is the payload longer?
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def peek(self, n: int) -> bytes:
+        """Up to ``n`` bytes ahead, not consumed: the C unpickler reads opcodes from what this returns and consumes
+        them with read() afterwards, rather than calling read(1) for each (4 Mi opcodes outside a frame: 10 s
+        that way, 0.1-0.4 s this way, measured)."""
+        if len(self._chunk) - self._at < n and self.inflated < self._size:
+            self._chunk, self._at = self._chunk[self._at:] + self._inflate(min(n, self._size - self.inflated)), 0
+        return self._chunk[self._at:self._at + n]
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        memoryview(buffer)[:len(data)] = data
+        return len(data)
+
+    def readline(self) -> bytes:
+        # Only text opcodes read lines: encode never writes one, and a hostile one may not run on.
+        line = b""
+        while self._fill():
+            end = self._chunk.find(b"\n", self._at)
+            stop = len(self._chunk) if end < 0 else end + 1
+            line += self._chunk[self._at:stop]
+            self._at = stop
+            if end >= 0:
+                break
+            if len(line) > _INPUT_CHUNK:
+                raise CorruptPartial(f"payload has a text line longer than {_INPUT_CHUNK} bytes")
+        return line
+
+    def _fill(self) -> bool:
+        """Whether there are inflated bytes not yet read (inflating the next chunk if need be)."""
+        if self._at < len(self._chunk):
+            return True
+        self._chunk, self._at = self._inflate(min(_INPUT_CHUNK, self._size - self.inflated)), 0
+        return bool(self._chunk)
+
+    def _inflate(self, most: int) -> bytes:
+        """Up to ``most`` more bytes of payload (fewer only at the end of the stream)."""
+        while most > 0 and not self._inflater.eof:
+            if not self._pending:
+                if self._fed >= len(self._body):
+                    raise CorruptPartial("compressed payload is truncated")
+                self._pending = self._body[self._fed:self._fed + _INPUT_CHUNK]
+                self._fed += len(self._pending)
+            try:
+                piece = self._inflater.decompress(self._pending, most)
+            except zlib.error as e:
+                raise CorruptPartial(f"compressed payload is corrupt (zlib: {e})") from None
+            # At the end of the stream what is left of the input is unused_data (unconsumed_tail may repeat it).
+            self._pending = b"" if self._inflater.eof else self._inflater.unconsumed_tail
+            if piece:
+                self.inflated += len(piece)
+                return piece
+        return b""
+
+    def _refuse_more(self) -> None:
+        if self.inflated == self._size and self._inflate(1):  # one byte more than declared is enough to tell
+            raise CorruptPartial(f"compressed payload is longer than the {self._size} bytes its header declares")
+
+    def finish(self) -> None:
+        """After the unpickler stopped: the payload must end where the pickle did, and the compressed stream
+        with it. What is left is counted a chunk at a time, never held."""
+        stray = len(self._chunk) - self._at
+        while piece := self._inflate(min(1 << 20, self._size - self.inflated)):
+            stray += len(piece)
+        if stray:
+            raise CorruptPartial(f"{stray} stray bytes after the pickled payload")
+        self._refuse_more()
+        if self.inflated != self._size:
+            raise CorruptPartial(f"payload is {self.inflated} bytes, its header declares {self._size}")
+        unused = len(self._inflater.unused_data) + len(self._body) - self._fed
+        if unused:
+            raise CorruptPartial(f"{unused} stray bytes after the compressed payload")
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -123,16 +218,14 @@ class _PlainUnpickler(pickle.Unpickler):
                              "values only, and no global is ever loaded")
 
 
-def _unpickle(payload: bytes) -> tuple[Any, Any]:
-    stream = io.BytesIO(payload)
+def _unpickle(stream: _Inflating) -> tuple[Any, Any]:
     try:
         loaded = _PlainUnpickler(stream).load()  # no global can be loaded: see find_class
     except CorruptPartial:
         raise
     except Exception as e:  # noqa: BLE001 (hostile bytes raise anything pickle can: all of it is corruption)
         raise CorruptPartial(f"payload is not a valid pickle ({type(e).__name__})") from None
-    if stream.tell() != len(payload):
-        raise CorruptPartial(f"{len(payload) - stream.tell()} stray bytes after the pickled payload")
+    stream.finish()
     if type(loaded) is not tuple or len(loaded) != 2:
         raise CorruptPartial(f"payload is not a partial summary: {type(loaded).__name__} at the top, not a pair")
     return loaded[0], loaded[1]

@@ -41,7 +41,7 @@ settings() {
   CREATE_FIRESTORE_DATABASE=${CREATE_FIRESTORE_DATABASE:-yes}
   FIRESTORE_LOCATION=${FIRESTORE_LOCATION:-$REGION}
   RUNS_COLLECTION=${RUNS_COLLECTION:-summary-runs}
-  PARTIALS_RETENTION_DAYS=${PARTIALS_RETENTION_DAYS:-7}
+  RUNS_RETENTION_DAYS=${RUNS_RETENTION_DAYS:-30}
   SHARD_MAX_DELIVERY_ATTEMPTS=${SHARD_MAX_DELIVERY_ATTEMPTS:-30}
   FANOUT_MAX_IN_FLIGHT=${FANOUT_MAX_IN_FLIGHT:-$(( MAX_INSTANCES * CONCURRENCY ))}
   # The sweep of stalled fanned-out runs (docs/fan-out.md: Every run ends); none: no sweep.
@@ -56,7 +56,10 @@ settings() {
     || die "CREATE_FIRESTORE_DATABASE must be yes or no"
   [[ "$FIRESTORE_DATABASE" == "(default)" || "$FIRESTORE_DATABASE" =~ ^[a-z][a-z0-9-]{2,61}[a-z0-9]$ ]] \
     || die "FIRESTORE_DATABASE is (default) or 4-63 lowercase letters, digits or hyphens"
-  [[ "$PARTIALS_RETENTION_DAYS" =~ ^[1-9][0-9]*$ ]] || die "PARTIALS_RETENTION_DAYS must be a whole number of days, at least 1"
+  [[ -z "${PARTIALS_RETENTION_DAYS:-}" ]] || die "PARTIALS_RETENTION_DAYS is now RUNS_RETENTION_DAYS (one number of days \
+for the partials bucket's lifecycle and for the runs' Firestore records): rename it"
+  [[ "$RUNS_RETENTION_DAYS" =~ ^[1-9][0-9]{0,3}$ ]] && (( RUNS_RETENTION_DAYS <= 3650 )) \
+    || die "RUNS_RETENTION_DAYS must be a whole number of days from 1 to 3650"
   (( SHARD_MAX_DELIVERY_ATTEMPTS >= 5 && SHARD_MAX_DELIVERY_ATTEMPTS <= 100 )) \
     || die "SHARD_MAX_DELIVERY_ATTEMPTS must be between 5 and 100"
   (( FANOUT_MAX_IN_FLIGHT >= 1 && FANOUT_MAX_IN_FLIGHT <= 1000 )) || die "FANOUT_MAX_IN_FLIGHT must be between 1 and 1000"
@@ -80,6 +83,9 @@ settings() {
   JOBS_TOPIC="$NAME-jobs" RESULTS_TOPIC="$NAME-results" DEAD_LETTER_TOPIC="$NAME-dead-letter"
   SHARDS_TOPIC="$NAME-shards" SHARDS_DEAD_LETTER_TOPIC="$NAME-shards-dead-letter"
   PARTIALS_BUCKET_NAME=$(bucket_name partials)
+  # The TTL policies' field (worker/retention.py writes it) and the collection groups of a run's records.
+  TTL_FIELD=expire_at
+  TTL_COLLECTION_GROUPS=("$RUNS_COLLECTION" shards merges)
 }
 
 # A bucket of the project: PROJECT-NAME-SUFFIX, or, past Cloud Storage's 63 characters, its first 54
@@ -97,9 +103,10 @@ firestore_condition() {
   printf 'resource.name == "projects/%s/databases/%s"' "$PROJECT" "$FIRESTORE_DATABASE"
 }
 
-# The partials bucket's lifecycle (a --lifecycle-file): delete a partial PARTIALS_RETENTION_DAYS after it is written.
+# The partials bucket's lifecycle (a --lifecycle-file): delete a partial RUNS_RETENTION_DAYS after it is written,
+# as the runs' records expire.
 partials_lifecycle() {
-  printf '{"rule": [{"action": {"type": "Delete"}, "condition": {"age": %d}}]}\n' "$PARTIALS_RETENTION_DAYS"
+  printf '{"rule": [{"action": {"type": "Delete"}, "condition": {"age": %d}}]}\n' "$RUNS_RETENTION_DAYS"
 }
 
 # The prefix of the default scheduled job: the first of the prefixes sorted byte-wise, as Terraform's
@@ -154,6 +161,7 @@ if "$FANOUT_ENABLED" == "yes":
         "FIRESTORE_DATABASE": "$FIRESTORE_DATABASE",
         "RUNS_COLLECTION": "$RUNS_COLLECTION",
         "FANOUT_MAX_IN_FLIGHT": "$FANOUT_MAX_IN_FLIGHT",
+        "RUNS_RETENTION_DAYS": "$RUNS_RETENTION_DAYS",
     }
 print("\n".join(f"{k}: {json.dumps(v)}" for k, v in env.items()))
 PY
@@ -274,7 +282,28 @@ mode: set FIRESTORE_DATABASE to a new database ID (deploy.sh creates it)"
   fi
 }
 
-# The partials bucket: private, uniform access, no soft delete, partials deleted after PARTIALS_RETENTION_DAYS.
+# Runs expire: a TTL policy on expire_at in each collection group of a run's records (the worker writes it on
+# every run, shard and merge document; deleting a run's document leaves its subcollections), the field left
+# unindexed (nothing queries it; an index on a timestamp that grows with time is a write hot spot). As
+# Terraform's google_firestore_field.expire_at. A group whose policy exists is left alone.
+ttl_policies() {
+  local group state
+  for group in "${TTL_COLLECTION_GROUPS[@]}"; do
+    state=$(gcloud firestore indexes fields describe "$TTL_FIELD" --collection-group="$group" \
+              --database="$FIRESTORE_DATABASE" --project="$PROJECT" --format='value(ttlConfig.state)' 2>/dev/null || true)
+    if [[ "$state" == ACTIVE || "$state" == CREATING ]]; then
+      say "TTL policy $group.$TTL_FIELD: exists ($state)"
+      continue
+    fi
+    gcloud firestore indexes fields update "$TTL_FIELD" --collection-group="$group" --database="$FIRESTORE_DATABASE" \
+      --project="$PROJECT" --disable-indexes --quiet >/dev/null
+    gcloud firestore fields ttls update "$TTL_FIELD" --collection-group="$group" --database="$FIRESTORE_DATABASE" \
+      --project="$PROJECT" --enable-ttl --quiet >/dev/null
+    say "TTL policy $group.$TTL_FIELD: enabled (documents deleted once past it)"
+  done
+}
+
+# The partials bucket: private, uniform access, no soft delete, partials deleted after RUNS_RETENTION_DAYS.
 # Its settings are applied on every run (the same settings: no change).
 partials_bucket() {
   local lifecycle
@@ -290,7 +319,7 @@ partials_bucket() {
   gcloud storage buckets update "gs://$PARTIALS_BUCKET_NAME" --project="$PROJECT" --lifecycle-file="$lifecycle" \
     --uniform-bucket-level-access --public-access-prevention --soft-delete-duration=0 --quiet >/dev/null
   rm -f "$lifecycle"
-  say "bucket $PARTIALS_BUCKET_NAME: partials deleted after $PARTIALS_RETENTION_DAYS days"
+  say "bucket $PARTIALS_BUCKET_NAME: partials deleted after $RUNS_RETENTION_DAYS days"
 }
 
 fanout_topics() {
@@ -371,10 +400,10 @@ main() {
   role_arn=$(ROLE_NAME=$ROLE_NAME UNIQUE_ID=$unique_id AUDIENCE=$AUDIENCE DATA_BUCKET=$DATA_BUCKET \
              DATA_PREFIXES=${DATA_PREFIXES:-} AWS_REGION=$AWS_REGION "$here/aws-role.sh")
 
-  say "4/8 topics and subscriptions (with fan-out: the runs database and the partials bucket)"
+  say "4/8 topics and subscriptions (with fan-out: the runs database, its TTL policies and the partials bucket)"
   topics
   if [[ "$FANOUT_ENABLED" == yes ]]; then
-    fanout_topics; runs_database; partials_bucket
+    fanout_topics; runs_database; ttl_policies; partials_bucket
   fi
 
   say "5/8 the function"

@@ -45,13 +45,13 @@ module "plan" {
   scheduled_job = var.scheduled_job
   source_dir    = local.repo
 
-  fanout_enabled          = var.fanout_enabled
-  firestore_database      = var.firestore_database
-  runs_collection         = var.runs_collection
-  max_instances           = var.max_instances
-  concurrency             = var.concurrency
-  fanout_max_in_flight    = var.fanout_max_in_flight
-  partials_retention_days = var.partials_retention_days
+  fanout_enabled       = var.fanout_enabled
+  firestore_database   = var.firestore_database
+  runs_collection      = var.runs_collection
+  max_instances        = var.max_instances
+  concurrency          = var.concurrency
+  fanout_max_in_flight = var.fanout_max_in_flight
+  runs_retention_days  = var.runs_retention_days
 }
 
 # No data source reads the project at plan time, so a first plan needs no API but Service Usage.
@@ -540,8 +540,25 @@ resource "google_firestore_database" "runs" {
   depends_on      = [google_project_service.apis]
 }
 
+# Runs expire: the worker writes expire_at (RUNS_RETENTION_DAYS after the write) on every run, shard and merge
+# document, and a TTL policy per collection group deletes the document once it is past (typically within a
+# day). Each group needs its own: deleting a run's document leaves its subcollections. expire_at is not
+# indexed (index_config {}): nothing queries it, and an index on a timestamp that grows with time is a write
+# hot spot.
+resource "google_firestore_field" "expire_at" {
+  for_each   = var.fanout_enabled ? toset(module.plan.ttl.collection_groups) : toset([])
+  project    = var.project
+  database   = var.firestore_database
+  collection = each.value
+  field      = module.plan.ttl.field
+  ttl_config {}
+  index_config {}
+  depends_on = [google_project_service.apis, google_firestore_database.runs]
+}
+
 # Partial summaries: written once each (a generation precondition), read by the merge, then deleted by the
-# lifecycle rule. No soft delete: a deleted partial is of no use, and would be billed for another week.
+# lifecycle rule after runs_retention_days, as the runs' records are. No soft delete: a deleted partial is of
+# no use, and would be billed for another week.
 resource "google_storage_bucket" "partials" {
   #checkov:skip=CKV_GCP_62:holds only transient partial summaries the worker writes and reads; Cloud Audit Logs record access
   #checkov:skip=CKV_GCP_78:objects are written once and never overwritten (the worker may not delete); the lifecycle rule removes them
@@ -557,7 +574,7 @@ resource "google_storage_bucket" "partials" {
   }
   lifecycle_rule {
     condition {
-      age = var.partials_retention_days
+      age = var.runs_retention_days
     }
     action {
       type = "Delete"

@@ -48,6 +48,6 @@ output "http_function_url" {
 }
 
 output "fanout" {
-  description = "What fan-out uses (the function's PARTIALS_BUCKET, SHARD_TOPIC, SHARD_DEAD_LETTER_TOPIC, FIRESTORE_DATABASE, RUNS_COLLECTION, FANOUT_MAX_IN_FLIGHT); empty when fanout_enabled is false."
+  description = "What fan-out uses (the function's PARTIALS_BUCKET, SHARD_TOPIC, SHARD_DEAD_LETTER_TOPIC, FIRESTORE_DATABASE, RUNS_COLLECTION, FANOUT_MAX_IN_FLIGHT, RUNS_RETENTION_DAYS); empty when fanout_enabled is false."
   value       = module.plan.fanout_environment
 }

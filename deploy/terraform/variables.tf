@@ -260,14 +260,25 @@ variable "runs_collection" {
   }
 }
 
-variable "partials_retention_days" {
-  description = "The partials bucket deletes a partial summary this many days after it is written: runs (and a redrive of their failed shards) must complete within it."
+variable "runs_retention_days" {
+  description = "Days a run is kept (RUNS_RETENTION_DAYS): its Firestore records (run, shards, merges) expire this long after they are written, deleted by TTL policies on expire_at, and the partials bucket deletes a partial summary this long after it is written. Runs, and a redrive of their failed ranges, must finish within it."
   type        = number
-  default     = 7
+  default     = 30
 
   validation {
-    condition     = var.partials_retention_days >= 1 && floor(var.partials_retention_days) == var.partials_retention_days
-    error_message = "partials_retention_days is a whole number of days, at least 1."
+    condition     = var.runs_retention_days >= 1 && var.runs_retention_days <= 3650 && floor(var.runs_retention_days) == var.runs_retention_days
+    error_message = "runs_retention_days is a whole number of days from 1 to 3650."
+  }
+}
+
+variable "partials_retention_days" {
+  description = "Replaced by runs_retention_days, which sets the partials bucket's lifecycle and the runs' Firestore expiry together; must stay unset."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.partials_retention_days == null
+    error_message = "partials_retention_days is now runs_retention_days (one number of days for the partials bucket's lifecycle and for the runs' Firestore records): rename it."
   }
 }
 

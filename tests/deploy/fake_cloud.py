@@ -96,6 +96,17 @@ def gcloud(args: list[str], state: State) -> int:
         print(state.get(f"database {database}"))
     elif head == ("firestore", "databases", "create"):
         state.put(f"database {flag(args, '--database')}", flag(args, "--type").upper().replace("-", "_"))
+    elif words[:4] in (["firestore", "indexes", "fields", "describe"], ["firestore", "indexes", "fields", "update"],
+                       ["firestore", "fields", "ttls", "update"]):
+        field = f"{flag(args, '--database')}/{flag(args, '--collection-group')}/{words[4]}"
+        if words[3] == "describe":  # a field's TTL state (the script asks for nothing else)
+            if not state.get(f"ttl {field}"):
+                return missing(field)
+            print(state.get(f"ttl {field}"))
+        elif words[1] == "indexes":
+            state.put(f"indexes {field}", "disabled" if "--disable-indexes" in args else "other")
+        else:
+            state.put(f"ttl {field}", "ACTIVE" if "--enable-ttl" in args else "")
     elif head in (("storage", "buckets", "describe"), ("scheduler", "jobs", "describe")):
         if not state.get(f"{words[1]} {words[3]}"):
             return missing(words[3])

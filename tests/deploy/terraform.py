@@ -12,7 +12,7 @@ TERRAFORM = Path(__file__).resolve().parents[2] / "deploy" / "terraform"
 
 # The function's fan-out settings: the names of the team's contract for issue 12 (worker/config.py reads them).
 FANOUT_SETTINGS = frozenset({"PARTIALS_BUCKET", "SHARD_TOPIC", "SHARD_DEAD_LETTER_TOPIC", "FIRESTORE_DATABASE",
-                             "RUNS_COLLECTION", "FANOUT_MAX_IN_FLIGHT"})
+                             "RUNS_COLLECTION", "FANOUT_MAX_IN_FLIGHT", "RUNS_RETENTION_DAYS"})
 # Every resource fan-out adds: none of them exists with fanout_enabled = false.
 FANOUT_RESOURCES = frozenset({
     ("google_firestore_database", "runs"), ("google_storage_bucket", "partials"),
@@ -22,6 +22,7 @@ FANOUT_RESOURCES = frozenset({
     ("google_pubsub_topic_iam_member", "worker_publishes_shards"),
     ("google_pubsub_topic_iam_member", "pubsub_publishes_shard_dead_letters"),
     ("google_pubsub_subscription_iam_member", "pubsub_acks_dead_lettered_shards"),
+    ("google_firestore_field", "expire_at"),
 })
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from worker import retention
 from worker.config import Settings
 
 from .terraform import FANOUT_SETTINGS, evaluate, load
@@ -147,7 +148,7 @@ def test_without_fan_out_the_function_has_no_fan_out_settings():
 
 def test_the_fan_out_defaults_of_both_paths_agree():
     run = bash(f'source "{DEPLOY}" && settings && echo "$FANOUT_ENABLED|$FIRESTORE_DATABASE|$CREATE_FIRESTORE_DATABASE|'
-               '$RUNS_COLLECTION|$PARTIALS_RETENTION_DAYS|$SHARD_MAX_DELIVERY_ATTEMPTS|$FIRESTORE_LOCATION|'
+               '$RUNS_COLLECTION|$RUNS_RETENTION_DAYS|$SHARD_MAX_DELIVERY_ATTEMPTS|$FIRESTORE_LOCATION|'
                '$FANOUT_MAX_IN_FLIGHT|$SWEEP_SCHEDULE"', {"PROJECT": "p", "DATA_BUCKET": "b", "REGION": "europe-west1",
                                                          "MAX_INSTANCES": "40", "CONCURRENCY": "3"})
     assert run.returncode == 0, run.stderr
@@ -156,7 +157,7 @@ def test_the_fan_out_defaults_of_both_paths_agree():
     assert run.stdout.strip().split("|") == [
         yes[variables["fanout_enabled"]["default"]], variables["firestore_database"]["default"],
         yes[variables["create_firestore_database"]["default"]], variables["runs_collection"]["default"],
-        str(variables["partials_retention_days"]["default"]), str(variables["shard_max_delivery_attempts"]["default"]),
+        str(variables["runs_retention_days"]["default"]), str(variables["shard_max_delivery_attempts"]["default"]),
         # Terraform's null: the region, and max_instances x concurrency (see main.tf and modules/plan).
         "europe-west1", "120", variables["sweep_schedule"]["default"]]
     assert variables["firestore_location"]["default"] is None and variables["fanout_max_in_flight"]["default"] is None
@@ -166,7 +167,10 @@ def test_the_fan_out_defaults_of_both_paths_agree():
     ("FANOUT_ENABLED", "maybe", "FANOUT_ENABLED must be yes or no"),
     ("FIRESTORE_DATABASE", "Runs_DB", "FIRESTORE_DATABASE is (default) or 4-63"),
     ("SHARD_MAX_DELIVERY_ATTEMPTS", "4", "SHARD_MAX_DELIVERY_ATTEMPTS must be between 5 and 100"),
-    ("PARTIALS_RETENTION_DAYS", "0", "PARTIALS_RETENTION_DAYS must be a whole number of days"),
+    ("RUNS_RETENTION_DAYS", "0", "RUNS_RETENTION_DAYS must be a whole number of days from 1 to 3650"),
+    ("RUNS_RETENTION_DAYS", "3651", "RUNS_RETENTION_DAYS must be a whole number of days from 1 to 3650"),
+    ("RUNS_RETENTION_DAYS", "030", "RUNS_RETENTION_DAYS must be a whole number of days from 1 to 3650"),
+    ("PARTIALS_RETENTION_DAYS", "7", "PARTIALS_RETENTION_DAYS is now RUNS_RETENTION_DAYS"),
     ("FANOUT_MAX_IN_FLIGHT", "1001", "FANOUT_MAX_IN_FLIGHT must be between 1 and 1000"),
 ])
 def test_a_bad_fan_out_setting_is_refused_before_any_change(setting, value, message):
@@ -237,8 +241,22 @@ def test_the_cli_path_makes_what_terraform_makes_for_fan_out_and_nothing_a_secon
     assert flags(made)["soft-delete-duration"] == "0" and flags(made)["location"] == "us-central1"
     (update,) = starting(calls, "storage", "buckets", "update")
     (lifecycle,) = [c["files"]["--lifecycle-file"] for c in cloud.calls if "--lifecycle-file" in c["files"]]
-    age = tf["variable"]["partials_retention_days"]["default"]
+    age = tf["variable"]["runs_retention_days"]["default"]
     assert json.loads(lifecycle) == {"rule": [{"action": {"type": "Delete"}, "condition": {"age": age}}]}
+    # The TTL policies of Terraform's google_firestore_field.expire_at: in each collection group of a run's
+    # records, the field unindexed, then its TTL enabled.
+    groups = evaluate(tf["locals"]["ttl"]["collection_groups"], {"var.runs_collection": "summary-runs"})
+    ttl_calls = [c for c in calls if c[:3] in (["firestore", "indexes", "fields"], ["firestore", "fields", "ttls"])
+                 and c[3] == "update"]
+    assert [(c[1], c[4], flags(c)["collection-group"]) for c in ttl_calls] == [
+        (step, retention.FIELD, group) for group in groups for step in ("indexes", "fields")]
+    for call in ttl_calls:
+        assert flags(call)["database"] == "(default)" and flags(call)["project"] == PROJECT
+        assert ("disable-indexes" if call[1] == "indexes" else "enable-ttl") in flags(call)
+    assert_gcloud_has({tuple(c[:4]): {a.split("=")[0] for a in c if a.startswith("--")} for c in ttl_calls})
+    # The function reads the same number of days.
+    (env_file,) = [c["files"]["--env-vars-file"] for c in cloud.calls if "--env-vars-file" in c["files"]]
+    assert json.loads(dict(line.split(": ", 1) for line in env_file.splitlines())["RUNS_RETENTION_DAYS"]) == str(age)
     assert {"uniform-bucket-level-access", "public-access-prevention"} <= set(flags(update))
     # The worker on the bucket: exactly create and read (as Terraform's worker_partials), and nobody else.
     on_bucket = {(flags(c)["member"], flags(c)["role"]) for c in starting(calls, "storage", "buckets",
@@ -298,7 +316,9 @@ def test_the_cli_path_makes_what_terraform_makes_for_fan_out_and_nothing_a_secon
     assert second.returncode == 0, second.stderr[-3000:]
     assert not [c for c in calls if "create" in c[:4] and c[:2] != ["beta", "services"]]
     assert not starting(calls, "functions", "deploy")
+    assert not [c for c in calls if c[:3] == ["firestore", "fields", "ttls"]]
     for kept in ("Firestore database (default): exists", f"bucket {bucket[5:]}: exists",
+                 "TTL policy summary-runs.expire_at: exists (ACTIVE)", "TTL policy merges.expire_at: exists (ACTIVE)",
                  f"topic {NAME}-shards: exists", f"subscription {NAME}-shards: unchanged",
                  f"subscription {NAME}-shards-dead-letter: unchanged"):
         assert kept in second.stderr

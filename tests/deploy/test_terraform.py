@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from worker import retention
 from worker.config import Settings
 from worker.policies import permissions_policy, trust_policy
 
@@ -310,9 +311,9 @@ def test_the_partials_bucket_is_private_and_forgets_partials(tf):
     bucket = resources(tf, "google_storage_bucket")["partials"]
     assert bucket["name"] == "${local.names.partials_bucket}" and bucket["location"] == "${var.region}"
     assert bucket["uniform_bucket_level_access"] is True and bucket["public_access_prevention"] == "enforced"
-    assert bucket["lifecycle_rule"] == [{"condition": [{"age": "${var.partials_retention_days}"}],
+    # Partials are deleted as many days after they are written as the runs' records (runs_retention_days).
+    assert bucket["lifecycle_rule"] == [{"condition": [{"age": "${var.runs_retention_days}"}],
                                          "action": [{"type": "Delete"}]}]
-    assert tf["variable"]["partials_retention_days"]["default"] == 7
     # Soft delete off: a partial the lifecycle rule deleted is not billed for another week.
     assert bucket["soft_delete_policy"] == [{"retention_duration_seconds": 0}]
     assert "versioning" not in bucket
@@ -320,6 +321,37 @@ def test_the_partials_bucket_is_private_and_forgets_partials(tf):
     grant = resources(tf, "google_storage_bucket_iam_member")["worker_partials"]
     roles = set(re.findall(r'"(roles/[^"]+)"', grant["for_each"]))
     assert roles == {"roles/storage.objectCreator", "roles/storage.objectViewer"} and grant["role"] == "${each.value}"
+
+
+def test_runs_records_expire_by_ttl_policies_on_the_field_the_worker_writes(tf):
+    fields = resources(tf, "google_firestore_field")
+    assert set(fields) == {"expire_at"}
+    field = fields["expire_at"]
+    assert field["for_each"] == "${var.fanout_enabled ? toset(module.plan.ttl.collection_groups) : toset([])}"
+    assert field["project"] == "${var.project}" and field["database"] == "${var.firestore_database}"
+    assert field["collection"] == "${each.value}" and field["field"] == "${module.plan.ttl.field}"
+    # An empty ttl_config is the TTL policy; an empty index_config exempts the field from indexing (the
+    # provider's default would index it: a timestamp that grows with time, a write hot spot).
+    assert field["ttl_config"] == [{}] and field["index_config"] == [{}]
+    assert "${google_firestore_database.runs}" in field["depends_on"]
+    # One policy per collection group of a run's records: the runs collection and its documents' subcollections.
+    assert tf["locals"]["ttl"] == {"field": retention.FIELD,
+                                   "collection_groups": ["${var.runs_collection}", "shards", "merges"]}
+    assert retention.FIELD == "expire_at"
+    # One number of days drives the records' expiry (the function's RUNS_RETENTION_DAYS) and the partials'
+    # lifecycle: the worker's own default and range.
+    days = tf["variable"]["runs_retention_days"]
+    assert days["default"] == retention.DEFAULT_DAYS == Settings.__dataclass_fields__["runs_retention_days"].default
+    condition = days["validation"][0]["condition"]
+    assert "var.runs_retention_days >= 1" in condition
+    assert f"var.runs_retention_days <= {retention.MAX_DAYS}" in condition
+    assert tf["locals"]["fanout_environment"].count("RUNS_RETENTION_DAYS") == 1
+    assert "tostring(var.runs_retention_days)" in tf["locals"]["fanout_environment"]
+    assert tf["locals"]["partials_lifecycle"] == {"rule": [{"action": {"type": "Delete"},
+                                                            "condition": {"age": "${var.runs_retention_days}"}}]}
+    # The variable it replaces is refused if set, rather than silently ignored.
+    old = tf["variable"]["partials_retention_days"]
+    assert old["default"] is None and old["validation"][0]["condition"] == "${var.partials_retention_days == null}"
 
 
 def test_shards_are_pushed_to_the_function_with_retries_then_dead_lettered_to_it(tf):
@@ -365,7 +397,7 @@ def test_the_function_has_max_instances_and_fan_out_settings(tf):
     assert "var.max_instances <= 1000" in tf["variable"]["max_instances"]["validation"][0]["condition"]
     plan = tf["module"]["plan"][0]
     for name in ("fanout_enabled", "firestore_database", "runs_collection", "max_instances", "concurrency",
-                 "fanout_max_in_flight", "partials_retention_days"):
+                 "fanout_max_in_flight", "runs_retention_days"):
         assert plan[name] == f"${{var.{name}}}"
     # then max_instances x concurrency (evaluated in test_terraform_binary.py)
     assert tf["variable"]["fanout_max_in_flight"]["default"] is None

@@ -65,9 +65,9 @@ variable "fanout_max_in_flight" {
   type    = number
   default = null
 }
-variable "partials_retention_days" {
+variable "runs_retention_days" {
   type    = number
-  default = 7
+  default = 30
 }
 module "plan" {
   source        = "MODULES/plan"
@@ -79,13 +79,13 @@ module "plan" {
   scheduled_job = var.scheduled_job
   source_dir    = "REPO"
 
-  fanout_enabled          = var.fanout_enabled
-  firestore_database      = var.firestore_database
-  runs_collection         = var.runs_collection
-  max_instances           = var.max_instances
-  concurrency             = var.concurrency
-  fanout_max_in_flight    = var.fanout_max_in_flight
-  partials_retention_days = var.partials_retention_days
+  fanout_enabled       = var.fanout_enabled
+  firestore_database   = var.firestore_database
+  runs_collection      = var.runs_collection
+  max_instances        = var.max_instances
+  concurrency          = var.concurrency
+  fanout_max_in_flight = var.fanout_max_in_flight
+  runs_retention_days  = var.runs_retention_days
 }
 """
 
@@ -297,13 +297,21 @@ def test_the_fan_out_settings_terraform_computes_are_read_by_the_worker(terrafor
     assert settings.shard_dead_letter_topic == f"projects/my-project/topics/{plan['names']['shard_dead_letter_topic']}"
     assert (settings.firestore_database, settings.runs_collection) == ("(default)", "summary-runs")
     assert settings.fanout_max_in_flight == 320  # max_instances x concurrency (8) unless given
+    assert settings.runs_retention_days == 30 == plan["partials_lifecycle"]["rule"][0]["condition"]["age"]
+    kept = plan_of(terraform, plan_module, runs_retention_days=90)
+    assert kept["fanout_environment"]["RUNS_RETENTION_DAYS"] == "90"
+    assert kept["partials_lifecycle"]["rule"][0]["condition"]["age"] == 90
+    assert Settings.from_env(base | kept["fanout_environment"]).runs_retention_days == 90
+    # The TTL policies: expire_at in the runs collection and in its documents' subcollections.
+    assert plan["ttl"] == {"field": "expire_at", "collection_groups": ["summary-runs", "shards", "merges"]}
+    assert plan_of(terraform, plan_module, runs_collection="runs")["ttl"]["collection_groups"][0] == "runs"
     given = plan_of(terraform, plan_module, fanout_max_in_flight=25)["fanout_environment"]
     assert given["FANOUT_MAX_IN_FLIGHT"] == "25"
     # The worker's Firestore grant is conditioned on this database only.
     named = plan_of(terraform, plan_module, firestore_database="summary-runs")
     assert named["firestore_condition"] == 'resource.name == "projects/my-project/databases/summary-runs"'
     assert plan["firestore_condition"] == 'resource.name == "projects/my-project/databases/(default)"'
-    assert plan["partials_lifecycle"] == {"rule": [{"action": {"type": "Delete"}, "condition": {"age": 7}}]}
+    assert plan["partials_lifecycle"] == {"rule": [{"action": {"type": "Delete"}, "condition": {"age": 30}}]}
     # Off: no fan-out setting at all, so the worker runs every job on one instance.
     off = plan_of(terraform, plan_module, fanout_enabled=False)["fanout_environment"]
     assert off == {} and not Settings.from_env(base | off).fanout_enabled
@@ -313,24 +321,26 @@ def test_the_fan_out_settings_terraform_computes_are_read_by_the_worker(terrafor
     ("my-project", "parquet-summary", {}),
     ("a-project-id-of-thirty-chars-x", "a-name-of-thirty-characters-xy", {}),
     ("proj-with-hyphen-at-cut-point-", "b" * 30, {"firestore_database": "summary-runs", "runs_collection": "runs",
-                                                  "fanout_max_in_flight": 7, "partials_retention_days": 3}),
+                                                  "fanout_max_in_flight": 7, "runs_retention_days": 3}),
 ])
 def test_terraform_and_deploy_sh_set_up_the_same_fan_out(terraform, plan_module, project, name, extra):
     plan = plan_of(terraform, plan_module, project=project, name=name, **extra)
     cli = {setting.upper(): str(value) for setting, value in extra.items()}  # the same settings, as deploy.sh's
     steps = ('settings && function_env arn && echo "---" && firestore_condition && echo && partials_lifecycle && '
-             'echo "$PARTIALS_BUCKET_NAME"')
+             'echo "$PARTIALS_BUCKET_NAME" && echo "$TTL_FIELD" "${TTL_COLLECTION_GROUPS[*]}"')
     run = subprocess.run(["bash", "-c", f'source "{DEPLOY_SH}" && {steps}'],
                          env={"PATH": os.environ["PATH"], "PROJECT": project, "NAME": name, "DATA_BUCKET": "my-data"}
                          | cli, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     env_text, rest = run.stdout.split("---\n")
     env = {k: json.loads(v) for k, v in (line.split(": ", 1) for line in env_text.splitlines())}
-    condition, lifecycle, bucket = rest.splitlines()
+    condition, lifecycle, bucket, ttl = rest.splitlines()
     assert {k: env[k] for k in FANOUT_SETTINGS} == plan["fanout_environment"]
     assert condition == plan["firestore_condition"]
     assert json.loads(lifecycle) == plan["partials_lifecycle"]
     assert bucket == plan["names"]["partials_bucket"]
+    field, *groups = ttl.split(" ")
+    assert {"field": field, "collection_groups": groups} == plan["ttl"]
 
 
 # The root module's variables, with their validations, evaluated alone: the google provider is not
@@ -349,8 +359,9 @@ def root_variables(terraform, tmp_path_factory) -> Path:
     ("firestore_database", "runs-", False),
     ("runs_collection", "summary-runs", True), ("runs_collection", "a/b", False), ("runs_collection", "__x__", False),
     ("runs_collection", "x" * 1501, False),
-    ("partials_retention_days", 1, True), ("partials_retention_days", 0, False),
-    ("partials_retention_days", 1.5, False),
+    ("runs_retention_days", 1, True), ("runs_retention_days", 3650, True), ("runs_retention_days", 0, False),
+    ("runs_retention_days", 3651, False), ("runs_retention_days", 1.5, False),
+    ("partials_retention_days", None, True), ("partials_retention_days", 7, False),
     ("shard_max_delivery_attempts", 5, True), ("shard_max_delivery_attempts", 4, False),
     ("shard_max_delivery_attempts", 101, False),
     ("fanout_max_in_flight", None, True), ("fanout_max_in_flight", 1000, True), ("fanout_max_in_flight", 0, False),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from worker.errors import NotFound
+from worker.partials import PartialTooLarge
 
 
 class Ranged:
@@ -202,10 +203,14 @@ class MemoryBlobs:
         self.blobs[name] = data
         return True
 
-    def get(self, name):
+    def get(self, name, *, max_bytes=None):
         if name not in self.blobs:
             raise NotFound(f"no blob {name}")
-        return self.blobs[name]
+        data = self.blobs[name]
+        if max_bytes is not None and len(data) > max_bytes:
+            raise PartialTooLarge(f"blob {name} holds {len(data)} bytes, over the limit of {max_bytes} bytes",
+                                  size=len(data), max_bytes=max_bytes)
+        return data
 
 
 class MemoryShardQueue:

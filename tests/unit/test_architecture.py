@@ -24,7 +24,7 @@ importlib.import_module(sys.argv[1])
 # Every module that claims to be pure (its docstring says so), the fan-out's decisions and records, and what
 # they import from the worker: none may import a cloud library or change the process it runs in.
 PURE = ("profile", "claims", "templates", "summary", "jobs", "results", "values", "footer", "fanout.ranges",
-        "fanout.records", "fanout.decisions", "partials", "policies", "errors")
+        "fanout.records", "fanout.decisions", "partials", "policies", "errors", "retention")
 # Process-wide state a pure module must leave alone: Arrow's memory pool, the C library, the environment.
 PROCESS_WIDE_CALLS = {"set_memory_pool", "mallopt", "putenv", "unsetenv", "setrecursionlimit"}
 ENVIRON_WRITES = {"update", "setdefault", "pop", "popitem", "clear", "__setitem__", "__delitem__"}

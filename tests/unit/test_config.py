@@ -2,6 +2,7 @@
 
 import pytest
 
+from worker import partials, retention
 from worker.config import Settings, topic_path
 from worker.errors import ConfigError
 
@@ -29,10 +30,24 @@ def test_missing_required_settings_are_all_named():
     ({"READ_CONCURRENCY": "many"}, "READ_CONCURRENCY must be an integer"),
     ({"READ_CONCURRENCY": "0"}, "between 1 and 256"),
     ({"STS_DURATION_SECONDS": "60"}, "between 900 and 43200"),
+    ({"PARTIAL_MAX_BYTES": "1000"}, "PARTIAL_MAX_BYTES must be between 1048576 and 2147483648: 1000"),
+    ({"PARTIAL_MAX_BYTES": str((2 << 30) + 1)}, "PARTIAL_MAX_BYTES must be between"),
+    ({"PARTIAL_MAX_BYTES": "256MiB"}, "PARTIAL_MAX_BYTES must be an integer"),
+    ({"RUNS_RETENTION_DAYS": "0"}, "RUNS_RETENTION_DAYS must be between 1 and 3650: 0"),
+    ({"RUNS_RETENTION_DAYS": "3651"}, "RUNS_RETENTION_DAYS must be between 1 and 3650"),
+    ({"RUNS_RETENTION_DAYS": "1.5"}, "RUNS_RETENTION_DAYS must be an integer"),
 ])
 def test_bad_settings(extra, fragment):
     with pytest.raises(ConfigError, match=fragment):
         Settings.from_env(GOOD | extra)
+
+
+def test_partials_are_bounded_and_runs_kept_for_days_by_default():
+    s = Settings.from_env(GOOD)
+    assert s.partial_max_bytes == 256 << 20 == partials.MAX_PAYLOAD_BYTES  # what decode and the store default to
+    assert s.runs_retention_days == 30 == retention.DEFAULT_DAYS
+    given = Settings.from_env(GOOD | {"PARTIAL_MAX_BYTES": str(1 << 20), "RUNS_RETENTION_DAYS": "3650"})
+    assert (given.partial_max_bytes, given.runs_retention_days) == (1 << 20, 3650)
 
 
 def test_values_are_parsed():

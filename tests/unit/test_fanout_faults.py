@@ -81,12 +81,12 @@ def test_a_merge_that_outlives_its_lease_publishes_nothing_once_another_delivery
     first_holder_waits, first_holder_in = threading.Event(), threading.Event()
     real_get, calls = stores.blobs.get, []
 
-    def get(name):
+    def get(name, **options):
         calls.append(name)
         if len(calls) == 1:  # the first holder stalls in its merge (CPU throttled after its request timed out)
             first_holder_in.set()
             first_holder_waits.wait(10)
-        return real_get(name)
+        return real_get(name, **options)
 
     monkeypatch.setattr(stores.blobs, "get", get)
     first = threading.Thread(target=deliver, args=(worker, closing))
@@ -564,3 +564,15 @@ def test_a_full_mode_shard_that_gets_no_turn_in_time_is_handed_back_without_spen
     assert stores.shards.messages == [message]  # sent again, same generation
     deliver_all(worker, stores, random.Random(14))
     assert out.sent[0]["status"] == "ok" and out.sent[0]["files"] == 20
+
+
+def test_a_range_whose_partial_would_exceed_the_merges_bound_fails_saying_why():
+    """PARTIAL_MAX_BYTES bounds what the merge reads: a shard whose partial is larger fails its range at once with
+    the reason, rather than store it for the merge to refuse as lost."""
+    worker, stores, out = make_worker(lake(40), partial_max_bytes=100)
+    worker.handle_pubsub(job_message(JOB), "m-1")
+    deliver_all(worker, stores, random.Random(15))
+    (result,) = out.sent
+    assert result["error"]["code"] == "incomplete"
+    assert all("PARTIAL_MAX_BYTES" in r["error"] for r in result["fanout"]["failed_ranges"])
+    assert not stores.blobs.blobs  # nothing stored that the merge would refuse

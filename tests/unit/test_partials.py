@@ -12,6 +12,7 @@ import posix
 import random
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Mapping
 from decimal import Decimal
@@ -420,12 +421,112 @@ def test_what_is_not_a_partial_is_refused(data, reason):
         decode(data)
 
 
-def test_a_compression_bomb_is_refused_before_it_inflates():
-    bomb = zlib.compress(bytes(64 << 20), 9)  # 64 MiB of zeros in ~64 KB
-    with pytest.raises(CorruptPartial, match="over the limit"):
-        decode(MAGIC + bytes([VERSION]) + (64 << 20).to_bytes(8, "little") + bomb, max_bytes=16 << 20)
-    with pytest.raises(CorruptPartial, match="longer than the 100 bytes"):  # a small claim inflates 101 bytes only
-        decode(MAGIC + bytes([VERSION]) + (100).to_bytes(8, "little") + bomb)
+def zeros(mib: int) -> bytes:
+    """A valid zlib stream of ``mib`` MiB of zeros in ~1 KB per MiB, made in milliseconds: one compressed MiB
+    repeated (a full flush makes each block stand alone), then an empty final block and the Adler-32 of the
+    zeros (a = 1, b = their count)."""
+    compressor = zlib.compressobj(9)
+    first = compressor.compress(bytes(1 << 20)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    block = compressor.compress(bytes(1 << 20)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    count = mib << 20
+    return first + block * (mib - 1) + b"\x03\x00" + ((count % 65521) << 16 | 1).to_bytes(4, "big")
+
+
+def bomb(declared: int, payload_prefix: bytes, mib: int) -> bytes:
+    """A partial's header declaring ``declared`` bytes, then one zlib stream of ``payload_prefix`` and ``mib`` MiB
+    of zeros (the prefix compressed in a block of its own before them)."""
+    compressor = zlib.compressobj(9)
+    head = compressor.compress(payload_prefix) + compressor.flush(zlib.Z_FULL_FLUSH)
+    body = zeros(mib)[2:-4]  # without its zlib header and checksum: they are the whole stream's
+    checksum = zlib.adler32(payload_prefix)  # then zeros: a stays, b grows by a for each
+    a, b = checksum & 0xFFFF, checksum >> 16
+    checksum = ((b + (mib << 20) * a) % 65521) << 16 | a
+    return MAGIC + bytes([VERSION]) + declared.to_bytes(8, "little") + head + body + checksum.to_bytes(4, "big")
+
+
+def test_the_zeros_helper_makes_a_valid_stream():
+    for mib in (1, 3):
+        assert zlib.decompress(zeros(mib)) == bytes(mib << 20)
+    prefixed = bomb(0, b"\x80\x05", 2)[HEADER_BYTES:]
+    assert zlib.decompress(prefixed) == b"\x80\x05" + bytes(2 << 20)
+
+
+def test_a_payload_declared_over_the_bound_is_refused_before_it_inflates():
+    two_gib = bomb(2 << 30, b"", 2048)  # honest: it declares the 2 GiB it expands to, in ~2 MB
+    assert len(two_gib) < 3_000_000
+    with pytest.raises(partials.PartialTooLarge, match=r"declares a 2147483648-byte payload, over the limit of "
+                                                       r"268435456 bytes \(PARTIAL_MAX_BYTES\)") as refused:
+        decode(two_gib)  # the default bound: 256 MiB
+    assert refused.value.details == {"size": 2 << 30, "max_bytes": partials.MAX_PAYLOAD_BYTES}
+    assert isinstance(refused.value, CorruptPartial)  # what the merge already records as a lost partial
+    real = encode(read("full", KEY, MANY))
+    declared = int.from_bytes(real[5:HEADER_BYTES], "little")
+    with pytest.raises(partials.PartialTooLarge, match="over the limit"):
+        decode(real, max_bytes=declared - 1)
+    assert decode(real, max_bytes=declared).to_dict() == decode(real).to_dict()
+
+
+def test_a_payload_that_inflates_past_its_declared_size_stops_there():
+    with pytest.raises(CorruptPartial, match="not a valid pickle"):  # zeros are no pickle: refused at once
+        decode(bomb(100, b"", 2048))
+    # A pickle whose bytes object claims 2 GiB, in a payload that declares 1 MiB: read up to the declared end.
+    claim = b"\x80\x05\x8e" + (2 << 30).to_bytes(8, "little")
+    with pytest.raises(CorruptPartial, match="longer than the 1048576 bytes its header declares"):
+        decode(bomb(1 << 20, claim, 2048))
+
+
+def test_hostile_pickles_cost_the_time_of_their_bytes_not_more():
+    """Opcodes outside a frame are read from what the inflater lends (peek), not with a call per byte; a text
+    line (encode writes none) may not run on."""
+    for opcode, refusal in ((b"N", "NoneType at the top, not a pair"), (b"(", r"not a valid pickle \(UnpicklingError")):
+        started = time.monotonic()
+        with pytest.raises(CorruptPartial, match=refusal):
+            decode(frame(b"\x80\x05" + opcode * (4 << 20) + b"."))  # 4 Mi opcodes, no frame
+        assert time.monotonic() - started < 3  # measured: 0.07-0.4 s; 16 s with a read(1) per opcode
+    with pytest.raises(CorruptPartial, match="a text line longer than 65536 bytes"):
+        decode(frame(b"\x80\x05I" + b"1" * (1 << 20) + b"\n."))
+
+
+BOUNDED = """
+import resource, sys, time
+sys.path.insert(0, {repo!r})
+from tests.unit.test_partials import bomb
+from worker.partials import CorruptPartial, decode
+
+cases = {{
+    "declares 2 GiB": bomb(2 << 30, b"", 2048),
+    "declares 200 MiB, inflates to 2 GiB": bomb(200 << 20, b"", 2048),
+    "a 2 GiB bytes object declared in 16 MiB": bomb(16 << 20, b"\\x80\\x05\\x8e" + (2 << 30).to_bytes(8, "little"),
+                                                    2048),
+}}
+for name, data in cases.items():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    try:
+        decode(data, max_bytes=256 << 20)
+        print(name, "DECODED")
+    except CorruptPartial as e:
+        grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024
+        print(f"{{name}}|{{grew}}|{{time.monotonic() - started:.2f}}|{{e.message}}")
+"""
+
+
+def test_bombs_are_refused_quickly_in_bounded_memory():
+    """Peak memory of a fresh process (ru_maxrss, a high-water mark: each case runs after the ones that grew it
+    less) while it refuses each bomb: none inflates more than what its header declares, and none past the
+    bound at all."""
+    run = subprocess.run([sys.executable, "-c", BOUNDED.format(repo=str(REPO))], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-2000:]
+    seen = {}
+    for line in run.stdout.splitlines():
+        name, grew, seconds, message = line.split("|")
+        seen[name] = (int(grew), float(seconds), message)
+    assert set(seen) == {"declares 2 GiB", "declares 200 MiB, inflates to 2 GiB",
+                         "a 2 GiB bytes object declared in 16 MiB"}, run.stdout
+    for name, (grew_mib, seconds, message) in seen.items():
+        assert seconds < 5, (name, seconds)
+        assert grew_mib < 64, (name, grew_mib, message)  # measured: 0, 0 and 10-26 MiB (the 16 MiB declared)
 
 
 def tampered(change) -> bytes:

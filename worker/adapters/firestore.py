@@ -11,7 +11,6 @@ The client reads ``FIRESTORE_EMULATOR_HOST`` itself, which is how the local stac
 from __future__ import annotations
 
 import contextlib
-import datetime
 import random
 import secrets
 import time
@@ -23,6 +22,7 @@ from google.api_core import retry as retries
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 
+from worker import retention
 from worker.errors import ConfigError, Unavailable
 from worker.fanout.records import (
     QUEUED,
@@ -39,7 +39,6 @@ from worker.fanout.records import (
 
 SHARDS = "shards"  # the subcollection of a run's document holding its shards
 MERGES = "merges"  # ... and its merge tasks
-EXPIRE_AT = "expire_at"  # the field the TTL policy deletes documents by
 # Faults a later attempt can get past (the client has already retried what it retries itself). Aborted is
 # contention: the transaction lost to another one more often than its attempts allow.
 TRANSIENT = (google_errors.ServiceUnavailable, google_errors.DeadlineExceeded, google_errors.Aborted,
@@ -58,13 +57,13 @@ class FirestoreRunStore:
     """``RunStore`` on one Firestore database and collection."""
 
     def __init__(self, client: firestore.Client, collection: str, *, timeout: float = READ_TIMEOUT_S,
-                 attempts: int = TRANSACTION_ATTEMPTS, retention_days: int = 30):
+                 attempts: int = TRANSACTION_ATTEMPTS, retention_days: int = retention.DEFAULT_DAYS):
         self._client = client
         self._runs = client.collection(collection)
         self.collection = collection
         self._timeout = timeout
         self._attempts = attempts
-        self._retention = datetime.timedelta(days=retention_days)
+        self._retention_days = retention_days
         # The client's own read retry, bounded by ``timeout`` (its default for reads is five minutes).
         self._retry = retries.Retry(initial=0.1, maximum=5.0, multiplier=1.3, timeout=timeout,
                                     predicate=retries.if_exception_type(
@@ -87,7 +86,7 @@ class FirestoreRunStore:
             self._client.close()
 
     def _doc(self, record: RunRecord | ShardRecord | MergeTask) -> dict[str, Any]:
-        return record.to_doc() | {EXPIRE_AT: datetime.datetime.now(datetime.UTC) + self._retention}
+        return record.to_doc() | {retention.FIELD: retention.expire_at(time.time(), self._retention_days)}
 
     # -- RunStore ---------------------------------------------------------------------------
 

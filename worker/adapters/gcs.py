@@ -1,16 +1,19 @@
 """Partial summaries in a Cloud Storage bucket: ``worker.runs.BlobStore`` with ``google-cloud-storage``.
 
 Blobs are written create-only (``if_generation_match=0``): a redelivered shard that computes the same
-partial finds it there and leaves it alone. The client reads ``STORAGE_EMULATOR_HOST`` itself, which is
-how the local stack points it at fake-gcs-server.
+partial finds it there and leaves it alone. They are read with a bound (PARTIAL_MAX_BYTES): a ranged
+download of at most one byte more than it, so an oversized blob is refused without being held. The client
+reads ``STORAGE_EMULATOR_HOST`` itself, which is how the local stack points it at fake-gcs-server.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 
 import google.auth.exceptions
+import google_crc32c
 import requests
 from google.api_core import exceptions as google_errors
 from google.auth.credentials import AnonymousCredentials
@@ -18,6 +21,7 @@ from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from worker.errors import ConfigError, NotFound, Unavailable
+from worker.partials import MAX_PAYLOAD_BYTES, PartialTooLarge
 
 # Faults a later attempt can get past (the client has already retried them within its own deadline: uploads
 # with a generation precondition count as idempotent, so they are retried too).
@@ -32,10 +36,12 @@ CONTENT_TYPE = "application/octet-stream"
 class GcsBlobStore:
     """``BlobStore`` on one bucket."""
 
-    def __init__(self, client: storage.Client, bucket: str, *, timeout: float = TIMEOUT_S):
+    def __init__(self, client: storage.Client, bucket: str, *, timeout: float = TIMEOUT_S,
+                 max_bytes: int = MAX_PAYLOAD_BYTES):
         self._client = client
         self.bucket = bucket
         self._bucket = client.bucket(bucket)
+        self.max_bytes = max_bytes  # what get() reads at most, unless it is told (PARTIAL_MAX_BYTES)
         # Every call is idempotent (writes are create-only), so every call may be retried.
         self._options = {"timeout": timeout, "retry": DEFAULT_RETRY.with_timeout(timeout)}
 
@@ -60,12 +66,43 @@ class GcsBlobStore:
                 return False
         return True
 
-    def get(self, name: str) -> bytes:
-        with self._errors(f"reading gs://{self.bucket}/{name}"):
+    def get(self, name: str, *, max_bytes: int | None = None) -> bytes:
+        """The blob's bytes; ``NotFound`` if there is none; ``PartialTooLarge`` if it holds more than ``max_bytes``
+        (the store's ``max_bytes`` when None), told by downloading at most one byte more than that."""
+        bound = self.max_bytes if max_bytes is None else max_bytes
+        where = f"gs://{self.bucket}/{name}"
+        blob = self._bucket.blob(name)
+        with self._errors(f"reading {where}"):
             try:
-                return self._bucket.blob(name).download_as_bytes(**self._options)
+                # The client skips its checksum on a range (the answer is 206): _verify does it on the whole blob.
+                data = blob.download_as_bytes(start=0, end=bound, checksum=None, **self._options)
             except google_errors.NotFound:
-                raise NotFound(f"gs://{self.bucket}/{name} does not exist") from None
+                raise NotFound(f"{where} does not exist") from None
+            except google_errors.RequestRangeNotSatisfiable:
+                return b""  # how Cloud Storage answers a range of an empty blob
+            if len(data) > bound:
+                size = self._size(blob)
+                held = f"{size} bytes" if size is not None else f"more than {bound} bytes"
+                raise PartialTooLarge(f"{where} holds {held}, over the limit of {bound} bytes (PARTIAL_MAX_BYTES)",
+                                      size=size if size is not None else bound + 1, max_bytes=bound)
+        self._verify(data, blob.crc32c, where)
+        return data
+
+    def _size(self, blob: storage.Blob) -> int | None:
+        """The blob's size, for the message only (None if its metadata cannot be read now)."""
+        try:
+            blob.reload(timeout=10.0, retry=None)
+        except Exception:  # noqa: BLE001 (the refusal stands without the figure)
+            return None
+        return blob.size
+
+    @staticmethod
+    def _verify(data: bytes, crc32c: str | None, where: str) -> None:
+        """Compare the bytes with the blob's CRC32C (the X-Goog-Hash of the answer, which is the whole blob's even
+        for a range), as the client does for a download that is not a range; a mismatch is a transfer fault."""
+        if crc32c and base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode() != crc32c:
+            raise Unavailable(f"Cloud Storage failed reading {where}: its CRC32C does not match the bytes received",
+                              details={"step": "storage"})
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

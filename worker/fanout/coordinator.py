@@ -428,8 +428,13 @@ class Coordinator:
             name = blob_name(run.run_id, shard.shard_id, shard.start, covered if covered is not None else stop)
             from worker import partials
 
+            encoded = partials.encode(summary)
+            if len(encoded) > settings.partial_max_bytes:  # the merge would refuse it: fail the range now, saying why
+                return d.Outcome(FAILED, error=f"the range's partial summary is {len(encoded)} bytes, over "
+                                               f"PARTIAL_MAX_BYTES ({settings.partial_max_bytes}): read it with "
+                                               "fewer columns, or a larger PARTIAL_MAX_BYTES")
             with _phase(phases, "storing"):
-                self.stores.blobs.put_once(name, partials.encode(summary))
+                self.stores.blobs.put_once(name, encoded)
             counts = Counts(listed=tally.listed, parquet=tally.parquet, refused=tally.refused,
                             bytes_listed=sum(size for k, size in own if covered is None or k < covered),
                             bytes_read=summary.bytes)
@@ -554,7 +559,7 @@ class Coordinator:
                     if lease.lost.is_set():
                         return
                     try:
-                        builder.add(partials.decode(self.stores.blobs.get(name)))
+                        builder.add(self._partial(name))
                     except (NotFound, partials.CorruptPartial) as e:
                         lost.append(self._lost_input(run_id, task.level == 1, name, e))
                 output = f"{run_id}/merge/{task_id}.partial"
@@ -569,6 +574,13 @@ class Coordinator:
         log.info("merge task done", extra={"fields": fields | {"inputs": len(task.inputs), "recorded": done,
                                                                "ms": round((time.monotonic() - started) * 1000)}})
         self._advance(run_id, task.round, task.level)
+
+    def _partial(self, name: str):
+        """A stored partial summary, read and decoded within PARTIAL_MAX_BYTES (``NotFound``, ``CorruptPartial``)."""
+        from worker import partials
+
+        bound = self.settings.partial_max_bytes
+        return partials.decode(self.stores.blobs.get(name, max_bytes=bound), max_bytes=bound)
 
     def _lost_input(self, run_id: str, of_shard: bool, name: str, error: WorkerError) -> str:
         """An input that cannot be read; a shard's partial (gone by the bucket's lifecycle, or written by another
@@ -601,7 +613,7 @@ class Coordinator:
         lost = []
         for name in inputs:
             try:
-                builder.add(partials.decode(self.stores.blobs.get(name)))
+                builder.add(self._partial(name))
             except (NotFound, partials.CorruptPartial) as e:
                 lost.append(self._lost_input(run.run_id, run.merge_level == 0, name, e))
         if lost and run.merge_level >= 1:

@@ -280,8 +280,9 @@ class BlobStore(Protocol):
         call created it, False if it was there already (left untouched)."""
         ...
 
-    def get(self, name: str) -> bytes:
-        """The blob's bytes; ``NotFound`` if there is none."""
+    def get(self, name: str, *, max_bytes: int | None = None) -> bytes:
+        """The blob's bytes; ``NotFound`` if there is none; ``partials.PartialTooLarge`` if it holds more than
+        ``max_bytes`` (the store's own bound when None), told without reading it all."""
         ...
 
 

@@ -66,12 +66,18 @@ locals {
     FIRESTORE_DATABASE      = var.firestore_database
     RUNS_COLLECTION         = var.runs_collection
     FANOUT_MAX_IN_FLIGHT    = tostring(coalesce(var.fanout_max_in_flight, var.max_instances * var.concurrency))
+    RUNS_RETENTION_DAYS     = tostring(var.runs_retention_days)
   } : tomap({})
 
   # The one grant the worker has on Firestore, narrowed by an IAM condition to the runs database.
   firestore_database_name = "projects/${var.project}/databases/${var.firestore_database}"
   firestore_condition     = "resource.name == \"${local.firestore_database_name}\""
 
-  # The partials bucket's lifecycle, as `gcloud storage buckets update --lifecycle-file` takes it.
-  partials_lifecycle = { rule = [{ action = { type = "Delete" }, condition = { age = var.partials_retention_days } }] }
+  # The partials bucket's lifecycle, as `gcloud storage buckets update --lifecycle-file` takes it: the same days
+  # as the runs' records.
+  partials_lifecycle = { rule = [{ action = { type = "Delete" }, condition = { age = var.runs_retention_days } }] }
+
+  # The TTL policies: the field the worker writes (worker/retention.py) in each collection group of a run's
+  # records: the runs collection, and the subcollections of its documents.
+  ttl = { field = "expire_at", collection_groups = [var.runs_collection, "shards", "merges"] }
 }

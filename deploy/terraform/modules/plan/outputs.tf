@@ -73,3 +73,8 @@ output "partials_lifecycle" {
   description = "The partials bucket's lifecycle rule, in the JSON form gcloud takes."
   value       = local.partials_lifecycle
 }
+
+output "ttl" {
+  description = "The Firestore TTL policies: the field (expire_at) and the collection groups of a run's records."
+  value       = local.ttl
+}

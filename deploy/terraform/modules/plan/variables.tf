@@ -72,8 +72,8 @@ variable "fanout_max_in_flight" {
   default     = null
 }
 
-variable "partials_retention_days" {
-  description = "Days after which the partials bucket deletes a partial summary."
+variable "runs_retention_days" {
+  description = "Days a run's Firestore records and its partial summaries are kept."
   type        = number
-  default     = 7
+  default     = 30
 }
