@@ -13,6 +13,7 @@ from tests.unit.test_fanout_faults import (  # noqa: F401 - collected here, with
     test_a_copy_that_comes_while_another_delivery_holds_the_lease_comes_back_later_and_reads_nothing,
     test_a_dead_letter_copy_from_before_a_redrive_does_not_fail_the_redriven_range,
     test_a_delivery_that_outlived_its_shard_lease_records_nothing_and_the_new_holder_reads_once,
+    test_a_job_whose_attributes_are_firestore_reserved_names_fans_out_and_answers,
     test_a_merge_that_outlives_its_lease_publishes_nothing_once_another_delivery_answered,
     test_a_redelivered_parent_publishes_its_children_only_if_they_may_never_have_been,
     test_a_run_left_merging_by_a_dead_holder_is_answered_by_the_sweeper,

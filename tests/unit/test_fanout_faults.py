@@ -576,3 +576,16 @@ def test_a_range_whose_partial_would_exceed_the_merges_bound_fails_saying_why():
     assert result["error"]["code"] == "incomplete"
     assert all("PARTIAL_MAX_BYTES" in r["error"] for r in result["fanout"]["failed_ranges"])
     assert not stores.blobs.blobs  # nothing stored that the merge would refuse
+
+
+def test_a_job_whose_attributes_are_firestore_reserved_names_fans_out_and_answers(stores):
+    """Firestore refuses field names like ``__x__`` (InvalidArgument, the emulator too): a valid job with such
+    attribute or reply_attribute keys was answered ``internal``. Its run keeps the job as one string."""
+    worker, stores, out = make_worker(lake(40), stores=stores)
+    message = job_message({**JOB, "reply_attributes": {"__y__": "2"}})
+    message["message"]["attributes"] = {"__x__": "1"}
+    worker.handle_pubsub(message, "m-1")
+    deliver_all(worker, stores, random.Random(16))
+    (result,) = out.sent
+    assert result["status"] == "ok" and result["files"] == 40, result.get("error")
+    assert result["attributes"] == {"__x__": "1", "__y__": "2"}  # the job's, with its reply_attributes
