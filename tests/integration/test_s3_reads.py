@@ -26,6 +26,7 @@ from worker.errors import (
     NotFound,
     ObjectArchived,
     ObjectChanged,
+    ObjectDenied,
     ObjectEncrypted,
     Retryable,
     Throttled,
@@ -243,7 +244,8 @@ def test_an_object_the_role_may_not_read_is_refused_as_forbidden(moto, admin_s3,
     storage = storage_at(moto[0])
     objects = storage.objects(bucket, "denied")
     error = _fetch_error(objects, DENIED)
-    assert type(error) is Forbidden and not error.retryable
+    assert type(error) is ObjectDenied and isinstance(error, Forbidden) and not error.retryable
+    assert error.object_fault  # that object's: the job skips it
     assert error.details == {"aws_code": "AccessDenied"}
     assert error.message.startswith("access denied to this object: the worker's role may not s3:GetObject it")
     assert objects.fetch("denied/open.parquet", 0, 3) == b"0123"  # the neighbour is read
