@@ -704,10 +704,13 @@ def summarize_listing(store: ObjectStore, listed: Iterable[tuple[str, int]], *, 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="reader") as pool:
         in_flight: set = set()
 
-        def collect(futures) -> None:
+        def collect(futures: set) -> None:
             nonlocal done
-            for future in futures:
-                total.add(future.result())
+            while futures:
+                # Taken out of the set, never named: a raised fault's traceback holds these frames, and a reference
+                # from them to its future (which holds the fault) would be a cycle that keeps the job's partial
+                # summaries alive until the next garbage collection.
+                total.add(futures.pop().result())
                 done += 1
                 progressed()
 
