@@ -29,6 +29,9 @@ class WorkerError(Exception):
     code = "internal"
     retryable = False
     http_status = 500  # what the HTTP entry point answers a result with this code
+    # True for S3's refusal of one object (the Object* leaves): met while reading that object, it is skipped with
+    # the reason and the job goes on. Any other error ends the delivery (see worker.summary.is_objects_own).
+    object_fault = False
 
     def __init__(self, message: str, *, problems: Sequence[str] = (), details: dict | None = None):
         super().__init__(message)
@@ -83,16 +86,28 @@ class NotFound(WorkerError):
     http_status = 404
 
 
+class ObjectDenied(Forbidden):
+    """Raised when S3 denies the worker's role one object (AccessDenied on its GetObject): the job skips it."""
+
+    object_fault = True
+
+
 class ObjectArchived(Forbidden):
     """Raised when one object is in an archive storage class (S3 InvalidObjectState): it must be restored first."""
+
+    object_fault = True
 
 
 class ObjectEncrypted(Forbidden):
     """Raised when one object's encryption keeps the worker out: a KMS key its role cannot use, or SSE-C."""
 
+    object_fault = True
+
 
 class ObjectChanged(NotFound):
     """Raised when one object was deleted or shrank between its listing and its read."""
+
+    object_fault = True
 
 
 class FederationFailed(WorkerError):
@@ -186,6 +201,8 @@ TRANSIENT_CODES = frozenset({
     "ServiceUnavailable", "IDPCommunicationError",
 })
 TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
+# S3 (or any service but STS) refusing the session's credentials as expired: a redelivery gets fresh ones.
+EXPIRED_CREDENTIALS_CODES = frozenset({"ExpiredToken", "TokenRefreshRequired"})
 FORBIDDEN_CODES = frozenset({
     "AccessDenied", "AccessDeniedException", "AllAccessDisabled", "InvalidAccessKeyId",
     "SignatureDoesNotMatch", "AccountProblem", "403",
@@ -195,6 +212,9 @@ NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchKey", "404", "NotFound"})
 OBJECT_OPERATIONS = frozenset({"GetObject", "HeadObject"})
 ARCHIVED_CODES = frozenset({"InvalidObjectState"})
 OBJECT_CHANGED_CODES = frozenset({"NoSuchKey", "InvalidRange", "404", "416"})
+# Only these refuse the object itself; another 403 (SignatureDoesNotMatch, InvalidAccessKeyId, AllAccessDisabled,
+# AccountProblem, RequestTimeTooSkewed...) refuses the request, its credentials, the bucket or the account: the job's.
+OBJECT_DENIED_CODES = frozenset({"AccessDenied", "403"})
 # S3 answers a request sent to (or signed for) the wrong region with these, naming the bucket's region
 # in an x-amz-bucket-region header or a <Region> element; the reader re-signs for it once.
 REGION_REDIRECT_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed", "301"})
@@ -224,7 +244,8 @@ def classify_aws_error(code: str, status: int | None, message: str, *, operation
 
     For reads of one object (``OBJECT_OPERATIONS``) a permanent refusal is that object's: archived
     (``storage_class`` from the error body names the class), encrypted out of reach, vanished or shrunk,
-    or access denied to that key. Those errors say what to do; the job skips the object.
+    or access denied to that key. Those errors say what to do and have ``object_fault``: the job skips the
+    object. A refusal of the request or its credentials (a bad signature, an expired session) is the job's.
     """
     text = f"{operation} failed: {code}: {message}".rstrip(": ")
     if code in THROTTLING_CODES or status == 429:
@@ -234,6 +255,9 @@ def classify_aws_error(code: str, status: int | None, message: str, *, operation
     if operation == "AssumeRoleWithWebIdentity":
         hint = FEDERATION_HINTS.get(code, "STS refused the role exchange")
         return FederationFailed(f"{text} ({hint})", details={"aws_code": code})
+    if code in EXPIRED_CREDENTIALS_CODES:
+        return Unavailable(f"{text} (the session's credentials expired while the job ran)",
+                           details={"aws_code": code})
     if operation in OBJECT_OPERATIONS:
         refused = _object_refusal(code, status, message, text, storage_class)
         if refused is not None:
@@ -273,11 +297,9 @@ def _object_refusal(code: str, status: int | None, message: str, text: str,
                 else "deleted after it was listed")
         return ObjectChanged(f"object {what}: it changed while the job ran; run the job again to include it ({text})",
                              details=details)
-    if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId"):
-        return None  # the request or the credentials, not the object
-    if code in FORBIDDEN_CODES or status == 403:
-        return Forbidden(f"access denied to this object: the worker's role may not s3:GetObject it (IAM policy, "
-                         f"bucket policy or object ACL) ({text})", details=details)
+    if code in OBJECT_DENIED_CODES:
+        return ObjectDenied(f"access denied to this object: the worker's role may not s3:GetObject it (IAM policy, "
+                            f"bucket policy or object ACL) ({text})", details=details)
     return None
 
 

@@ -536,6 +536,7 @@ def profile_object(key: str, size: int, fetch: Fetch, *, columns: Collection[str
         return Summary.of_skipped(key, f"unreadable data: {type(e).__name__}: {e}")
     finally:
         sparse.ranges = []
+        sparse.error = None  # a raised fault's traceback holds this frame: no cycle back to it through ``sparse``
     for field in schema:  # a column of empty row groups only: its type, no values
         if field.name in names and field.name not in profiles:
             profiles[field.name] = ColumnProfile.of_array(pa.array([], type=field.type))

@@ -42,6 +42,7 @@ from worker.summary import (
     StoppedAtDeadline,
     Summary,
     SummaryBuilder,
+    is_objects_own,
     skip_reason,
     summarize_object,
 )
@@ -55,7 +56,7 @@ class ObjectStore(Protocol):
 
     Only a ``WorkerError`` may escape its methods: the backend translates its own faults (``Retryable`` for
     what a later attempt can get past, ``Forbidden``, ``NotFound``...); anything else is taken for a bug (the
-    job answers ``internal``, or a fetch's object is skipped as unreadable). ``list`` and ``common_prefixes``
+    job answers ``internal``). ``list`` and ``common_prefixes``
     are called from the job's thread, ``fetch`` from several reader threads at once.
     """
 
@@ -77,10 +78,10 @@ class ObjectStore(Protocol):
 
     def fetch(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``start`` to ``end`` of one listed object, ``end`` inclusive (an HTTP Range): ``end - start + 1``
-        bytes, fewer only if the object is now shorter (the caller checks). ``NotFound``: the object vanished
-        (deleted, or shrank below ``start``, since it was listed); ``Forbidden``: this object may not be read
-        (archived, a key the role cannot use, access denied): either way the job skips that object and goes on.
-        ``Retryable``: the whole job (or shard) is tried again later."""
+        bytes, fewer only if the object is now shorter (the caller checks). An error with ``object_fault`` is
+        that object's: ``ObjectChanged`` (deleted, or shrank below ``start``, since it was listed), ``ObjectDenied``,
+        ``ObjectArchived``, ``ObjectEncrypted``: the job skips that object and goes on. ``Retryable``: the whole
+        job (or shard) is tried again later; any other error ends it (``worker.summary.is_objects_own``)."""
         ...
 
 
@@ -405,9 +406,11 @@ def summarize_listing(store: ObjectStore, listed: Iterable[tuple[str, int]], *, 
     """Merge the summaries of every listed object, with at most ``concurrency`` objects in flight.
 
     ``listed`` is consumed as it comes (a streamed listing): memory does not grow with the number of
-    keys. One object's failure is that object's: it is skipped with its reason (``tally.refused``
-    counts access refusals). Raises ``Retryable`` as it comes, and ``StoppedAtDeadline`` once ``clock()``
-    passes ``deadline``: no new key is taken from the listing, no new object started, and in full
+    keys. An object's own fault (its bytes, or S3 refusing that object) costs that object: it is skipped with
+    its reason (``tally.refused`` counts access refusals). Any other fault, met in whichever reader thread, ends
+    the call with it as it comes (``worker.summary.is_objects_own``): ``Retryable`` (the delivery is retried),
+    another ``WorkerError`` (the job's answer), anything else (a bug). Raises ``StoppedAtDeadline`` once
+    ``clock()`` passes ``deadline``: no new key is taken from the listing, no new object started, and in full
     mode no new row group.
     """
     tally = tally if tally is not None else Tally()
@@ -436,27 +439,46 @@ def summarize_listing(store: ObjectStore, listed: Iterable[tuple[str, int]], *, 
 
     def one(item: tuple[str, int]) -> Summary:
         key, size = item
+        fetch_failed: list[BaseException] = []  # what the store raised: it decides, whatever the decoder made of it
 
         def fetch(start: int, end: int) -> bytes:
-            return store.fetch(key, start, end)
+            try:
+                return store.fetch(key, start, end)
+            except BaseException as e:
+                fetch_failed.append(e)
+                raise
 
         try:
             if mode == "full":
                 from worker.profile import profile_object  # numpy and sketches only for full mode
 
-                return profile_object(key, size, fetch, columns=wanted, should_stop=late, limits=limits)
-            return summarize_object(key, size, fetch, wanted, limits=limits)
-        except (Retryable, StoppedAtDeadline):
+                summary = profile_object(key, size, fetch, columns=wanted, should_stop=late, limits=limits)
+            else:
+                summary = summarize_object(key, size, fetch, wanted, limits=limits)
+            if not fetch_failed:
+                return summary
+            error: BaseException = fetch_failed[0]  # a decoder took the store's fault for a bad object
+        except StoppedAtDeadline:
             raise
-        except WorkerError as e:
-            if isinstance(e, Forbidden):
+        except Exception as e:  # noqa: BLE001 - judged below: skipped, or raised again as it is
+            error = fetch_failed[0] if fetch_failed else e
+        # Only the object's own fault costs the object; anything else ends the delivery by its class, from this
+        # reader thread too (worker.summary.is_objects_own has the rule). The exception leaves no reference in this
+        # frame, which its traceback holds: a cycle would keep one object's buffers alive until the next collection.
+        try:
+            if not is_objects_own(error, fetched=bool(fetch_failed)):
+                raise error
+            if isinstance(error, Forbidden):
                 with lock:
                     tally.refused += 1
-                    tally.first_refusal = tally.first_refusal or f"{key}: {e.message}"
-            return Summary.of_skipped(key, _reason(e.message))
-        except Exception as e:  # a decoder's fault on one hostile object costs that object only
-            log.warning("object skipped: %s: %s", type(e).__name__, key, exc_info=True)
-            return Summary.of_skipped(key, _reason(f"unreadable ({type(e).__name__}): {e}"))
+                    tally.first_refusal = tally.first_refusal or f"{key}: {error.message}"
+            if isinstance(error, WorkerError):
+                return Summary.of_skipped(key, _reason(error.message))
+            log.warning("object skipped: %s: %s", type(error).__name__, key, exc_info=error)
+            return Summary.of_skipped(key, _reason(f"unreadable ({type(error).__name__}): {error}"))
+        finally:
+            del error
+            fetch_failed.clear()
 
     def progressed() -> None:
         if on_progress is not None:
@@ -480,10 +502,13 @@ def summarize_listing(store: ObjectStore, listed: Iterable[tuple[str, int]], *, 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="reader") as pool:
         in_flight: set = set()
 
-        def collect(futures) -> None:
+        def collect(futures: set) -> None:
             nonlocal done
-            for future in futures:
-                total.add(future.result())
+            while futures:
+                # Taken out of the set, never named: a raised fault's traceback holds these frames, and a reference
+                # from them to its future (which holds the fault) would be a cycle that keeps the job's partial
+                # summaries alive until the next garbage collection.
+                total.add(futures.pop().result())
                 done += 1
                 progressed()
 

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from worker.errors import WorkerError
 from worker.footer import FooterError, FooterSchema, column_key, read_schema
 from worker.values import LeafType, Unusable, ValueType, decode_statistic, leaf_type, render, render_number
 
@@ -206,6 +207,34 @@ DECODE_ERRORS = (pa.ArrowException, ValueError, OSError, RecursionError, IndexEr
 # What reading and mapping one object's footer can raise for the object's own bytes: the object is skipped
 # (unreadable_footer says why).
 FOOTER_ERRORS = (UnreadableFile, *DECODE_ERRORS)
+
+
+def is_objects_own(error: BaseException, *, fetched: bool) -> bool:
+    """Whether ``error``, met while reading one object, is that object's own fault: the object is skipped with
+    the reason and the job goes on. The rule, in one place (docs/reliability.md says it in words):
+
+    ====================================  =====================================================================
+    met where, what                       outcome
+    ====================================  =====================================================================
+    decoding: ``FOOTER_ERRORS``           the object's own (hostile, corrupt or unsupported bytes): skipped
+    fetch: ``WorkerError.object_fault``   the object's own (S3 refused that object: denied, archived,
+                                          encrypted out of reach, deleted or shrunk since listed): skipped
+    fetch: ``Retryable``                  the delivery ends and is retried (network, 5xx, throttling, STS or
+                                          the metadata server failing at a credential refresh)
+    fetch: another ``WorkerError``        the delivery ends with that error as the job's answer (STS refused
+                                          the role or token, a refused signature or credentials...)
+    anything else, anywhere               the delivery ends as ``internal`` (a bug, ``MemoryError``, a fault
+                                          no adapter classified): it must not pass for a bad object, or a fault
+                                          of every object would answer ``ok`` with nothing read
+    ====================================  =====================================================================
+
+    ``fetched``: ``error`` was raised by the fetch (the store), whatever the decoder then made of it; the fetch's
+    own exception decides, never the decoder's view of it (pyarrow reports a failed read as its own ``OSError``,
+    and botocore's timeouts are ``OSError`` too).
+    """
+    if not fetched and isinstance(error, FOOTER_ERRORS):
+        return True
+    return isinstance(error, WorkerError) and error.object_fault
 
 
 def summarize_object(key: str, size: int, fetch: Fetch, columns: Collection[str] | None = None, *,

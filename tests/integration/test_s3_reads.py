@@ -7,31 +7,42 @@ of a bucket's region) is answered by the devstack proxy in front of it, as S3 an
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import json
+import re
 import socket
 import sys
 import uuid
 
 import boto3
+import botocore.session
 import pytest
+import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.reaching import Branches
 from worker.adapters.aws import AwsStorage
+from worker.adapters.google import FileIdTokenSource
+from worker.config import Settings
 from worker.devstack.datasets import parquet_bytes, recipe_table
 from worker.devstack.processes import Service, free_port
 from worker.devstack.proxy import RecordingProxy
 from worker.errors import (
+    FederationFailed,
     Forbidden,
     NotFound,
     ObjectArchived,
     ObjectChanged,
+    ObjectDenied,
     ObjectEncrypted,
     Retryable,
     Throttled,
+    Unavailable,
     WorkerError,
 )
+from worker.service import Worker
 
 REGION = "us-east-1"
 OTHER_REGION = "eu-west-1"
@@ -276,7 +287,8 @@ def test_an_object_the_role_may_not_read_is_refused_as_forbidden(moto, admin_s3,
     storage = storage_at(moto[0])
     objects = storage.objects(bucket, "denied")
     error = _fetch_error(objects, DENIED)
-    assert type(error) is Forbidden and not error.retryable
+    assert type(error) is ObjectDenied and isinstance(error, Forbidden) and not error.retryable
+    assert error.object_fault  # that object's: the job skips it
     assert error.details == {"aws_code": "AccessDenied"}
     assert error.message.startswith("access denied to this object: the worker's role may not s3:GetObject it")
     assert objects.fetch("denied/open.parquet", 0, 3) == b"0123"  # the neighbour is read
@@ -353,3 +365,150 @@ def test_a_job_skips_the_refused_objects_and_summarizes_the_rest(moto, admin_s3,
     text = json.dumps(result)
     assert result["files"] == 2 and result["rows"] == 2 * recipe_table().num_rows, text
     assert "GLACIER" in text and "access denied to this object" in text
+
+
+# -- issue 18: credentials that expire mid-job and cannot be refreshed: the delivery is retried, nothing skipped ---
+
+
+class _Clock:
+    """The credentials' clock (botocore's ``time_fetcher``), which the test moves."""
+
+    def __init__(self):
+        self.now = dt.datetime.now(dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+_STS_ERRORS = {
+    "throttled": (400, b"<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded"
+                       b"</Message></Error></ErrorResponse>"),
+    "unavailable": (503, b"<ErrorResponse><Error><Type>Receiver</Type><Code>ServiceUnavailable</Code><Message>"
+                         b"Service unavailable</Message></Error></ErrorResponse>"),
+    "refused": (403, b"<ErrorResponse><Error><Type>Sender</Type><Code>IDPRejectedClaim</Code><Message>Incorrect token "
+                     b"audience</Message></Error></ErrorResponse>"),
+}
+
+
+def _sts(moto_endpoint: str, clock: _Clock, state: dict):
+    """A proxy answer for STS alone: AssumeRoleWithWebIdentity goes to moto, its expiry moved onto the test's clock
+    (an hour from its now), or is answered with the error ``state["sts"]`` names."""
+
+    def answer(method: str, path: str, body: bytes):
+        if state["sts"] in _STS_ERRORS:
+            return _STS_ERRORS[state["sts"]]
+        response = requests.post(moto_endpoint + path, data=body, timeout=30,
+                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+        expiry = (clock.now + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
+        return response.status_code, re.sub(rb"<Expiration>[^<]*</Expiration>",
+                                            b"<Expiration>" + expiry + b"</Expiration>", response.content)
+
+    return answer
+
+
+class _ExpiresAfterFirstRead:
+    """The worker's federated storage, whose credentials pass their expiry as soon as a job's first read is done
+    (the clock jumps two hours), and then cannot be refreshed (``on_expiry`` breaks STS or the token): the job's
+    next read meets botocore's mandatory refresh, and its failure, in a reader thread."""
+
+    def __init__(self, storage: AwsStorage, clock: _Clock, on_expiry):
+        self.storage, self.clock, self.on_expiry = storage, clock, on_expiry
+
+    def ensure_credentials(self) -> None:
+        self.storage.ensure_credentials()
+
+    def objects(self, bucket: str, job_id: str):
+        objects = self.storage.objects(bucket, job_id)
+        outer, reads = self, []
+
+        class Expiring:
+            def list(self, prefix, start_after=None):
+                return objects.list(prefix, start_after)
+
+            def fetch(self, key, start, end):
+                data = objects.fetch(key, start, end)
+                reads.append(key)
+                if len(reads) == 1:
+                    outer.clock.now += dt.timedelta(hours=2)
+                    outer.on_expiry()
+                return data
+
+        return Expiring()
+
+
+class _Published(list):
+    def publish(self, result: dict, topic: str | None = None) -> str:
+        self.append(result)
+        return f"result-{len(self)}"
+
+
+def _pushed(job: dict, message_id: str) -> dict:
+    """A Pub/Sub push's CloudEvent data, as functions-framework hands it to the function."""
+    return {"message": {"data": base64.b64encode(json.dumps(job).encode()).decode(), "messageId": message_id}}
+
+
+# One object in full mode (its footer read, then its data's), or six in metadata mode (a read each); one reader
+# thread, so that every read after the first needs the refresh.
+@pytest.mark.parametrize(("objects", "mode"), [(1, "full"), (6, "metadata")], ids=["one-object", "six-objects"])
+@pytest.mark.parametrize(("fault", "expected"), [
+    ("sts-unreachable", Unavailable),  # STS's endpoint refuses connections (EndpointConnectionError)
+    ("sts-throttled", Throttled),
+    ("sts-unavailable", Unavailable),
+    ("sts-refused", FederationFailed),  # STS says the token is refused: permanent
+    ("token-file-gone", FederationFailed),  # the ID token source cannot give a token: permanent
+])
+def test_credentials_that_expire_mid_job_and_fail_to_refresh_end_the_delivery_not_the_objects(
+        moto, admin_s3, bucket, monkeypatch, tmp_path, objects, mode, fault, expected):
+    data = parquet_bytes(recipe_table())
+    for i in range(objects):
+        admin_s3.put_object(Bucket=bucket, Key=f"m/part-{i}.parquet", Body=data)
+    clock, state = _Clock(), {"sts": "up"}
+    token = tmp_path / "token"
+    token.write_text("moto-checks-no-token")
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+    def on_expiry():
+        if fault == "sts-unreachable":
+            monkeypatch.setenv("AWS_ENDPOINT_URL_STS", dead)  # botocore makes the STS client at each refresh
+        elif fault == "token-file-gone":
+            token.unlink()
+        else:
+            state["sts"] = fault.removeprefix("sts-")
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto[0])
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # STS's client: one attempt, so a dead endpoint fails at once
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    file_source, refreshes = FileIdTokenSource(str(token)), []
+
+    def token_source() -> str:  # botocore asks for a token at each refresh, before it calls STS
+        refreshes.append(clock.now)
+        return file_source()
+
+    with RecordingProxy(moto[0], answer=_sts(moto[0], clock, state)) as sts:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", sts.url)
+        storage = AwsStorage.federated(f"arn:aws:iam::123456789012:role/{ROLE}", token_source,
+                                       session_name="expiring-test", region=REGION, session=botocore.session.Session(),
+                                       time_fetcher=clock)
+        settings_ = Settings.from_env({"AWS_ROLE_ARN": f"arn:aws:iam::123456789012:role/{ROLE}",
+                                       "ID_TOKEN_AUDIENCE": "aud", "AWS_REGION": REGION,
+                                       "READ_CONCURRENCY": "1", "FULL_MODE_CONCURRENCY": "1"})
+        published = _Published()
+        worker = Worker(settings_, _ExpiresAfterFirstRead(storage, clock, on_expiry), published)
+        job = {"job_id": f"expiring-{fault}", "bucket": bucket, "prefix": "m/", "mode": mode}
+        if issubclass(expected, Retryable):
+            with pytest.raises(expected):  # raised: functions-framework answers the push 500, Pub/Sub redelivers
+                worker.handle_pubsub(_pushed(job, "m-1"), "m-1")
+            assert published == []  # no result: above all, no ok result with the objects skipped
+            # The redelivery, once STS answers again (and the credentials expire again mid-job): all read.
+            state["sts"] = "up"
+            monkeypatch.setenv("AWS_ENDPOINT_URL_STS", sts.url)
+            worker = Worker(settings_, _ExpiresAfterFirstRead(storage, clock, lambda: None), published)
+            result = worker.handle_pubsub(_pushed(job, "m-1"), "m-1")
+            assert (result["status"], result["files"], result["skipped_count"]) == ("ok", objects, 0), result
+            assert result["rows"] == objects * recipe_table().num_rows
+        else:
+            result = worker.handle_pubsub(_pushed(job, "m-1"), "m-1")
+            assert published == [result] and result["status"] == "error", result
+            assert result["error"]["code"] == expected.code and not result["error"]["retryable"]
+    assert len(refreshes) >= 2 and refreshes[1] > refreshes[0]  # the job's start, then a refresh mid-job

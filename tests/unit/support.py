@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-from worker.errors import NotFound
+import datetime as dt
+from collections.abc import Callable
+
+import botocore.session
+from botocore.credentials import CredentialProvider, CredentialResolver, DeferredRefreshableCredentials
+from botocore.exceptions import (
+    ClientError,
+    ConnectTimeoutError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from worker.adapters.aws import AwsStorage
+from worker.errors import FederationFailed, NotFound, ObjectChanged, Throttled, Unavailable
 from worker.partials import PartialTooLarge
 
 
@@ -46,7 +60,7 @@ class MemoryStore:
     def fetch(self, key: str, start: int, end: int) -> bytes:
         self.fetches += 1
         if key not in self.objects:
-            raise NotFound("object deleted after it was listed: NoSuchKey")
+            raise ObjectChanged("object deleted after it was listed: NoSuchKey")
         return self.objects[key][start:end + 1]
 
 
@@ -254,3 +268,73 @@ def same_figures(a, b, path: str = "") -> list[str]:
     if isinstance(a, int) and isinstance(b, int) and "_approx" in path:
         return [] if math.isclose(a, b, rel_tol=0.02, abs_tol=1) else [f"{path}: {a!r} != {b!r}"]
     return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+
+def _sts_answer(code: str, status: int) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "as STS answers"},
+                        "ResponseMetadata": {"HTTPStatusCode": status}}, "AssumeRoleWithWebIdentity")
+
+
+STS_ENDPOINT = "https://sts.us-east-1.amazonaws.com/"
+# What botocore's mandatory credential refresh re-raises to the reader that asked for credentials (STS's answer, a
+# connection fault, the ID token source's own error), and the worker's error it becomes: transient unless STS
+# refuses the role or the token. (id, the exception, the worker's error)
+REFRESH_FAULTS = [
+    ("sts-unreachable", lambda: EndpointConnectionError(endpoint_url=STS_ENDPOINT), Unavailable),
+    ("sts-connect-timeout", lambda: ConnectTimeoutError(endpoint_url=STS_ENDPOINT), Unavailable),
+    ("sts-read-timeout", lambda: ReadTimeoutError(endpoint_url=STS_ENDPOINT), Unavailable),
+    ("sts-throttles", lambda: _sts_answer("Throttling", 400), Throttled),
+    ("sts-unavailable", lambda: _sts_answer("ServiceUnavailable", 503), Unavailable),
+    ("sts-idp-unreachable", lambda: _sts_answer("IDPCommunicationError", 400), Unavailable),
+    ("credential-retrieval", lambda: CredentialRetrievalError(provider="assume-role-with-web-identity",
+                                                              error_msg="no answer"), Unavailable),
+    ("metadata-server-down", lambda: Unavailable("the metadata server did not give an ID token (TransportError); "
+                                                 "it is unreachable or unavailable", details={"step": "id_token"}),
+     Unavailable),
+    ("sts-refuses-the-token", lambda: _sts_answer("IDPRejectedClaim", 403), FederationFailed),
+    ("token-file-gone", lambda: FederationFailed("cannot read the ID token file /t: No such file or directory",
+                                                 details={"step": "id_token"}), FederationFailed),
+]
+
+
+class _Given(CredentialProvider):
+    METHOD = "assume-role-with-web-identity"
+
+    def __init__(self, credentials):
+        super().__init__()
+        self._credentials = credentials
+
+    def load(self):
+        return self._credentials
+
+
+class RefreshFails:
+    """The S3 adapter (``AwsStorage``, its ``S3Objects``) on credentials that work until the clock passes their
+    expiry, after which botocore's mandatory refresh raises ``make_error()``: as when STS or the metadata server fails
+    near the end of a session, in the middle of a job. Nothing is sent anywhere: the refresh fails first."""
+
+    def __init__(self, make_error: Callable[[], BaseException], *, bucket: str = "b-1"):
+        self.now = dt.datetime.now(dt.UTC)
+        self.make_error = make_error
+        self.refreshes = 0
+        credentials = DeferredRefreshableCredentials(refresh_using=self._refresh, method=_Given.METHOD,
+                                                     time_fetcher=lambda: self.now)
+        session = botocore.session.Session()
+        session.register_component("credential_provider", CredentialResolver([_Given(credentials)]))
+        self.storage = AwsStorage(session, region="us-east-1")
+        self.storage.ensure_credentials()
+        self.objects = self.storage.objects(bucket, "refresh-fails")
+        self.objects._bucket_url()  # presigned with the first credentials, as by the job's first read
+        self.now += dt.timedelta(hours=2)  # past the expiry: the next signature needs a refresh
+
+    def _refresh(self) -> dict:
+        self.refreshes += 1
+        if self.refreshes > 1:
+            raise self.make_error()
+        expiry = self.now + dt.timedelta(hours=1)
+        return {"access_key": "AKIDREFRESHFAILS", "secret_key": "not-a-secret", "token": "not-a-token",
+                "expiry_time": expiry.isoformat()}
+
+    def fetch(self, key: str, start: int, end: int) -> bytes:
+        return self.objects.fetch(key, start, end)

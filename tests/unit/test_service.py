@@ -1,15 +1,26 @@
 """summarize_listing over an in-memory object store: concurrency, progress, modes and the deadline."""
 
+import threading
+
 import pytest
 
 from worker.config import Settings
 from worker.devstack.datasets import events_table, parquet_bytes, recipe_table
-from worker.errors import Forbidden
+from worker.errors import (
+    Forbidden,
+    NotFound,
+    ObjectChanged,
+    ObjectDenied,
+    Retryable,
+    Throttled,
+    Unavailable,
+    WorkerError,
+)
 from worker.jobs import Job
 from worker.service import Tally, Worker, summarize_listing
-from worker.summary import StoppedAtDeadline
+from worker.summary import Limits, StoppedAtDeadline
 
-from .support import MemoryStore
+from .support import REFRESH_FAULTS, MemoryStore, RefreshFails
 
 
 def _store(n: int = 12) -> MemoryStore:
@@ -112,18 +123,22 @@ def test_the_deadline_is_honoured_while_listing():
     assert seen[0] <= 1002  # stopped while listing, not after a million keys
 
 
+def _corrupt_footer(data: bytes) -> bytes:
+    """``data`` (a Parquet file) with its footer's bytes overwritten: PAR1 and the footer length still right."""
+    length = int.from_bytes(data[-8:-4], "little")
+    return data[:-8 - length] + b"\xff" * length + data[-8:]
+
+
 class _Refusing(MemoryStore):
-    """Refuses some keys as S3 would (the adapter's errors), and breaks the decoder on others."""
+    """Refuses some keys as S3 would (the adapter's errors), and serves others with a footer no decoder reads."""
 
     def __init__(self, objects, refused=(), broken=()):
-        super().__init__(objects)
-        self.refused, self.broken = set(refused), set(broken)
+        super().__init__({k: _corrupt_footer(v) if k in broken else v for k, v in objects.items()})
+        self.refused = set(refused)
 
     def fetch(self, key, start, end):
         if key in self.refused:
-            raise Forbidden(f"access denied to this object: {key}")
-        if key in self.broken:
-            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "a decoder's bug")
+            raise ObjectDenied(f"access denied to this object: {key}")
         return super().fetch(key, start, end)
 
 
@@ -135,7 +150,7 @@ def test_one_objects_failure_is_that_objects():
         assert out["files"] == 2 and out["rows"] == 6
         reasons = {s["key"]: s["reason"] for s in out["skipped"]}
         assert reasons["d/a.parquet"] == "access denied to this object: d/a.parquet"
-        assert "UnicodeDecodeError" in reasons["d/b.parquet"]
+        assert reasons["d/b.parquet"].startswith("corrupt footer")
         assert tally.refused == 1 and tally.first_refusal.startswith("d/a.parquet")
 
 
@@ -257,3 +272,123 @@ def test_full_mode_jobs_take_turns_and_one_that_waits_too_long_is_handed_back():
     store, results, errors = jobs_at_once(Settings(role_arn="", audience="", job_deadline_seconds=1), 0.4)
     assert store.most == 1 and len(results) + len(errors) == 3 and errors  # 0.8 s per job, 0.5 s to wait
     assert errors[0].code == "unavailable" and errors[0].retryable
+
+
+# -- issue 18: only the object's own fault costs the object; anything else ends the delivery by its class ----------
+
+
+class _FaultOn(MemoryStore):
+    """Serves every object, except that ``key``'s reads from the ``after``-th on go to ``fault`` (the S3 adapter,
+    or a callable that raises); ``threads`` names the threads that read ``key``."""
+
+    def __init__(self, objects, key, fault, after=0):
+        super().__init__(objects)
+        self.key, self.fault, self.after = key, fault, after
+        self.reads_of_key = 0
+        self.threads: list[str] = []
+
+    def fetch(self, key, start, end):
+        if key == self.key:
+            self.reads_of_key += 1
+            self.threads.append(threading.current_thread().name)
+            if self.reads_of_key > self.after:
+                return self.fault(key, start, end)
+        return super().fetch(key, start, end)
+
+
+def _raises(kind, *args):
+    """A fault: a read that raises ``kind(*args)``, a new exception each time (as a store does)."""
+
+    def fetch(key, start, end):
+        raise kind(*args)
+
+    return lambda: fetch
+
+
+def _refresh_fails(make_error):
+    """A fault: the S3 adapter's read when botocore's refresh of its expired credentials raises ``make_error()``."""
+    return lambda: RefreshFails(make_error).fetch
+
+
+SKIPPED = "skipped"
+# (id, a fault on one object's reads, what the job must do: (SKIPPED, words in the reason), or raise this)
+READ_FAULTS = [
+    # the object's own: skipped with its reason
+    ("deleted-since-listed", _raises(ObjectChanged, "object deleted after it was listed: NoSuchKey"),
+     (SKIPPED, "object deleted after it was listed")),
+    ("denied-to-the-role", _raises(ObjectDenied, "access denied to this object: the role may not s3:GetObject it"),
+     (SKIPPED, "access denied to this object")),
+    # botocore's refresh failing inside the adapter's read (STS, the metadata server): by the class it becomes
+    *[(f"refresh:{name}", _refresh_fails(make), kind) for name, make, kind in REFRESH_FAULTS],
+    ("refresh:a-bug", _refresh_fails(lambda: KeyError("a bug in a token source")), KeyError),
+    # what the store raises itself
+    ("s3-throttles", _raises(Throttled, "GetObject failed: SlowDown"), Throttled),
+    ("s3-unreachable", _raises(Unavailable, "GetObject failed: ProtocolError: S3 unreachable"), Unavailable),
+    ("credentials-refused", _raises(Forbidden, "GetObject failed: SignatureDoesNotMatch"), Forbidden),
+    ("bucket-gone", _raises(NotFound, "GetObject failed: NoSuchBucket"), NotFound),
+    ("memory-error", _raises(MemoryError), MemoryError),
+    ("a-bug", _raises(TypeError, "a bug in the store"), TypeError),
+    # a bug of the decoder's exception classes (KeyError, an OSError), raised by the store: still not the object's
+    ("a-bug-as-keyerror", _raises(KeyError, "a bug"), KeyError),
+    ("a-raw-timeout", _raises(TimeoutError, "timed out"), TimeoutError),
+]
+
+
+def _objects(n: int) -> dict[str, bytes]:
+    return {f"d/part-{i:02d}.parquet": parquet_bytes(recipe_table()) for i in range(n)}
+
+
+# metadata: the footer read; full: the footer read, or a column chunk's read through pyarrow (a batch budget of one
+# byte: every chunk is read on demand, so pyarrow sees the fault first)
+READS = [("metadata", 0), ("full", 0), ("full", 1)]
+
+
+@pytest.mark.parametrize("n", [1, 6], ids=["one-object", "six-objects"])
+@pytest.mark.parametrize(("mode", "after"), READS, ids=["metadata", "full", "full-data-read"])
+@pytest.mark.parametrize(("fault", "expected"), [(make, expected) for _, make, expected in READ_FAULTS],
+                         ids=[name for name, _, _ in READ_FAULTS])
+def test_a_fault_in_a_reader_ends_the_delivery_unless_it_is_the_objects_own(n, mode, after, fault, expected):
+    objects = _objects(n)
+    key = sorted(objects)[n // 2]
+    store = _FaultOn(objects, key, fault(), after=after)
+    limits = Limits(full_mode_batch_bytes=1)
+    tally = Tally()
+    if isinstance(expected, tuple):
+        out = summarize_listing(store, store.list("d/"), concurrency=3, mode=mode, tally=tally,
+                                limits=limits).to_dict()
+        assert out["files"] == n - 1 and [s["key"] for s in out["skipped"]] == [key]
+        assert expected[1] in out["skipped"][0]["reason"]
+        assert tally.refused == (1 if expected[1].startswith("access denied") else 0)
+    else:
+        with pytest.raises(expected):
+            summarize_listing(store, store.list("d/"), concurrency=3, mode=mode, tally=tally, limits=limits)
+    assert store.reads_of_key == after + 1
+    if n > 1:
+        assert all(name.startswith("reader") for name in store.threads)  # met in a reader thread
+
+
+@pytest.mark.parametrize(("fault", "expected"), [(make, expected) for _, make, expected in READ_FAULTS],
+                         ids=[name for name, _, _ in READ_FAULTS])
+def test_a_job_is_retried_answered_or_skips_one_object_by_the_faults_class(fault, expected):
+    """The job's outcome: a Retryable fault is raised (the push answers 500, Pub/Sub redelivers), another
+    WorkerError is the job's error result, anything else an ``internal`` one; only the object's own fault is a
+    skip in an ok result. Nothing is answered ok with objects skipped for a fault that was not theirs."""
+    objects = _objects(6)
+    key = "d/part-03.parquet"
+    worker = Worker(Settings(role_arn="", audience=""), _StubStorage(_FaultOn(objects, key, fault())))
+    job = Job(bucket="b-1", prefix="d/", job_id="j")
+    if isinstance(expected, tuple):
+        result = worker.run(job)
+        assert result["status"] == "ok" and result["files"] == 5 and result["skipped_count"] == 1
+    elif issubclass(expected, Retryable):
+        with pytest.raises(expected):
+            worker.run(job)
+    else:
+        result = worker.run(job)
+        assert result["status"] == "error", result
+        error = result["error"]
+        if issubclass(expected, WorkerError):
+            assert error["code"] == expected.code and not error["retryable"]
+        else:
+            assert error["code"] == "internal" and error["details"]["exception"] == expected.__name__
+            assert error["details"]["stage"] == "listing and reading"

@@ -29,7 +29,15 @@ from botocore.credentials import (
     CredentialResolver,
     DeferredRefreshableCredentials,
 )
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    CredentialRetrievalError,
+    HTTPClientError,
+    MetadataRetrievalError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from worker import __version__
@@ -164,18 +172,14 @@ class AwsStorage:
                 raise FederationFailed("no AWS credentials: set AWS_ROLE_ARN and ID_TOKEN_AUDIENCE to federate, "
                                        "or configure boto3's default credential chain")
             credentials.get_frozen_credentials()
-        except WorkerError:
-            raise
-        except ClientError as e:
-            error = translate(e, "AssumeRoleWithWebIdentity")
-            if isinstance(error, FederationFailed):
+        except Exception as e:  # classified by credential_error; what it does not know stays a bug (internal)
+            error = credential_error(e)
+            if isinstance(e, ClientError) and isinstance(error, FederationFailed):
                 # What STS saw of the token, so the user can hold it against the trust policy.
                 error.details["claims"] = dict(getattr(self.token_source, "last_claims", None) or {})
+            if error is e:
+                raise
             raise error from None
-        except (BotoConnectionError, HTTPClientError) as e:
-            raise Unavailable(f"STS is unreachable: {type(e).__name__}", details={"step": "sts"}) from None
-        except BotoCoreError as e:
-            raise FederationFailed(f"STS exchange failed: {e}", details={"step": "sts"}) from None
 
     def objects(self, bucket: str, job_id: str) -> S3Objects:
         """One job's view of one bucket: its requests carry ``job/<job_id>`` in the user agent."""
@@ -229,7 +233,14 @@ class AwsStorage:
 
 
 def translate(error: Exception, operation: str) -> Exception:
-    """A botocore exception as the worker's error (the one place AWS errors are classified)."""
+    """A botocore exception as the worker's error (the one place AWS errors are classified).
+
+    An AWS answer is classified by its code (``errors.classify_aws_error``), under the operation that gave it: a
+    failed credential refresh inside an S3 call surfaces as STS's own ``AssumeRoleWithWebIdentity`` error. A
+    connection fault (refused, reset, timed out: ``EndpointConnectionError``, ``ConnectTimeoutError``,
+    ``ReadTimeoutError``...) is ``Unavailable``; credential errors go by :func:`credential_error`. Anything else
+    is returned as it is: a bug or a fault nobody classified, which the job answers ``internal``.
+    """
     if isinstance(error, WorkerError):
         return error
     if isinstance(error, ClientError):
@@ -240,6 +251,36 @@ def translate(error: Exception, operation: str) -> Exception:
         return classify_aws_error(code, status, str(err.get("Message", "")), operation=op)
     if isinstance(error, (BotoConnectionError, HTTPClientError)):
         return Unavailable(f"{operation} failed: {type(error).__name__}: AWS endpoint unreachable")
+    if isinstance(error, (*_REFRESH_FAILED, *_NO_CREDENTIALS)):
+        return credential_error(error)
+    return error
+
+
+# botocore re-raises a failed mandatory refresh (inside the last minutes before expiry) to whoever asked for
+# credentials: the job's start, a listing, or a reader thread signing a ranged GET. What it raises then, by what a
+# later attempt can do about it (STS's own answers are ClientErrors, classified by code like any AWS error: 5xx
+# and throttling retry, a refused role or token is FederationFailed; the ID token source raises the worker's
+# errors itself, worker.adapters.google):
+_REFRESH_FAILED = (CredentialRetrievalError, MetadataRetrievalError)  # a provider's failure: transient
+_NO_CREDENTIALS = (NoCredentialsError, PartialCredentialsError)  # nothing usable configured: permanent
+
+
+def credential_error(error: Exception) -> Exception:
+    """An exception raised while getting or refreshing the AWS credentials, as the worker's error.
+
+    Transient (``Unavailable``, ``Throttled``) unless STS refused the role or the token (``FederationFailed``
+    with the hint for its code) or there is nothing to get credentials from; an exception neither botocore's nor
+    the worker's is returned as it is (a bug).
+    """
+    if isinstance(error, (WorkerError, ClientError)):
+        return translate(error, "AssumeRoleWithWebIdentity")
+    if isinstance(error, (BotoConnectionError, HTTPClientError)):
+        return Unavailable(f"STS is unreachable: {type(error).__name__}", details={"step": "sts"})
+    if isinstance(error, _REFRESH_FAILED):
+        return Unavailable(f"the AWS credentials could not be refreshed: {type(error).__name__}",
+                           details={"step": "sts"})
+    if isinstance(error, BotoCoreError):  # no credentials, a malformed request...: the same on every attempt
+        return FederationFailed(f"STS exchange failed: {error}", details={"step": "sts"})
     return error
 
 
@@ -372,7 +413,20 @@ class S3Objects:
                                      _element(_ERROR_MESSAGE, data) or "", operation="GetObject",
                                      storage_class=_element(_ERROR_STORAGE_CLASS, data))
 
+    def _signing_credentials(self):
+        """The credentials to sign a read with now. botocore refreshes them here when they near expiry, and a
+        failed refresh (STS, the ID token source) is the job's fault, never the object's: it is translated here so
+        that no reader thread meets a raw botocore error."""
+        try:
+            return self._credentials.get_frozen_credentials()
+        except Exception as e:  # classified by credential_error; what it does not know stays a bug (internal)
+            error = credential_error(e)
+            if error is e:
+                raise
+            raise error from None
+
     def _get(self, key: str, start: int, end: int, region: str) -> urllib3.BaseHTTPResponse:
+        credentials = self._signing_credentials()  # first: the bucket's URL is presigned with them too
         base = urlsplit(self._bucket_url())
         # The request target is sent exactly as signed: urllib3's request() would parse the URL and remove
         # "." and ".." segments (RFC 3986), so a key like "a/../b" would be signed for one path and sent as
@@ -381,7 +435,7 @@ class S3Objects:
         target = f"{base.path}/{quote(key, safe='/~')}"
         request = AWSRequest(method="GET", url=f"{base.scheme}://{base.netloc}{target}",
                              headers={**self._headers, "Range": f"bytes={start}-{end}"})
-        S3SigV4Auth(self._credentials.get_frozen_credentials(), "s3", region).add_auth(request)
+        S3SigV4Auth(credentials, "s3", region).add_auth(request)
         try:
             pool = self._http.connection_from_host(base.hostname, base.port, scheme=base.scheme)
             return pool.urlopen("GET", target, headers=dict(request.headers.items()), redirect=False,
