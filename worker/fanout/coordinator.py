@@ -258,14 +258,13 @@ class Coordinator:
             with _Lease(lambda: self.runs.transact(run_id, Reads(shards=(shard_id,)), d.renew_shard(
                     shard_id, token, self.clock(), self.lease_seconds)), self.lease_seconds) as lease:
                 outcome = self._read_shard(run, shard, token, lease)
-                if outcome is None:  # the lease was lost (this delivery outlived it): the new holder reads it
-                    log.warning("shard lease lost while reading: nothing recorded", extra={"fields": fields})
-                    return
-                committing = time.monotonic()
-                room = self._room(run)
-                finished = self.runs.transact(run_id, Reads(shards=(shard_id,), queued=_wanted(room + 1)), d.finish(
-                    run_id, shard_id, outcome, self.clock(), room, token=token))
-                commit_ms = round((time.monotonic() - committing) * 1000, 1)
+            # (the renewals stopped: they would only contend with the commit for the shard's record)
+            if outcome is None:  # the lease was lost (this delivery outlived it): the new holder reads it
+                log.warning("shard lease lost while reading: nothing recorded", extra={"fields": fields})
+                return
+            committing = time.monotonic()
+            finished = self._finish(run, shard_id, outcome, token=token)
+            commit_ms = round((time.monotonic() - committing) * 1000, 1)
         except _HandBack as e:
             # The instance was busy with other full-mode reads: hand the shard back without spending one of this
             # message's delivery attempts (its lease given up, a new copy of its message sent; this one acked).
@@ -281,10 +280,35 @@ class Coordinator:
         if not finished.recorded:
             log.warning("shard not recorded: %s", finished.why, extra={"fields": fields})
             return
-        self._published(run_id, shard_id, finished.publish)
         log.info("shard committed", extra={"fields": fields | {"state": outcome.state, "commit_ms": commit_ms,
                                                                "published": len(finished.publish)}})
         self._close_if_done(run)
+
+    def _finish(self, run: RunRecord, shard_id: str, outcome: d.Outcome, *, token: str | None = None,
+                generation: int | None = None) -> d.Finish:
+        """Record a shard's outcome (a transaction on its own records only: no other delivery's commit contends
+        with it), publish the children it dispatched, then pass its slot on. Passing the slot reads queued shards
+        that other commits may be dispatching at the same moment: it is its own transaction, and if it loses to
+        contention nothing is lost but time (the next commit, or the sweep, counts the room again)."""
+        room = self._room(run)
+        finished = self.runs.transact(run.run_id, Reads(shards=(shard_id,)), d.finish(
+            run.run_id, shard_id, outcome, self.clock(), room, token=token, generation=generation))
+        if not finished.recorded:
+            return finished
+        self._published(run.run_id, shard_id, finished.publish)
+        left = room + 1 - len(finished.publish)
+        if left > 0:
+            try:
+                sent = self.runs.transact(run.run_id, Reads(shards=(shard_id,), queued=_wanted(left)),
+                                          d.pass_slots(shard_id, left, self.clock()))
+            except WorkerError as e:
+                if not e.retryable:
+                    raise
+                log.warning("passing a shard's slot on failed: %s", e.message,
+                            extra={"fields": {"run_id": run.run_id, "shard_id": shard_id}})
+            else:
+                self._published(run.run_id, shard_id, sent)
+        return finished
 
     def _published(self, run_id: str, shard_id: str, publish: Sequence[tuple[str, int]]) -> None:
         if publish:
@@ -324,13 +348,10 @@ class Coordinator:
             return
         objects, size = self._measure(run, shard)
         outcome = d.Outcome(FAILED, error=f"dead-lettered after {shard.attempts} read(s)", measured=(objects, size))
-        room = self._room(run)
-        finished = self.runs.transact(run.run_id, Reads(shards=(shard.shard_id,), queued=_wanted(room + 1)), d.finish(
-            run.run_id, shard.shard_id, outcome, now, room, generation=shard.generation))
+        finished = self._finish(run, shard.shard_id, outcome, generation=shard.generation)
         if not finished.recorded:
             log.warning("dead letter not recorded: %s", finished.why, extra={"fields": fields})
             return
-        self._published(run.run_id, shard.shard_id, finished.publish)
         log.warning("shard failed: dead-lettered", extra={"fields": fields | {"objects": objects}})
         self._close_if_done(run)
 
@@ -373,9 +394,9 @@ class Coordinator:
                 # parallel with this share, rather than after it.
                 cut = after(own[-1][0])
                 with _phase(phases, "hand_off"):
-                    room = self._room(run)
-                    handed = self.runs.transact(run.run_id, Reads(shards=(shard.shard_id,), queued=_wanted(room - 1)),
-                                                d.hand_off(run.run_id, shard.shard_id, token, cut, room, self.clock()))
+                    # The child is dispatched if the run has room; queued ones wait for slots passed on.
+                    handed = self.runs.transact(run.run_id, Reads(shards=(shard.shard_id,)), d.hand_off(
+                        run.run_id, shard.shard_id, token, cut, self._room(run), self.clock()))
                     if handed.lost:
                         return None
                     self._published(run.run_id, shard.shard_id, handed.publish)
@@ -730,13 +751,8 @@ class Coordinator:
             if shard.republished >= MAX_SWEEPS:
                 outcome = d.Outcome(FAILED, error=f"no delivery made progress after {shard.republished} republications "
                                                   f"({shard.attempts} attempt(s))")
-                room = self._room(run)
-                finished = self.runs.transact(run.run_id, Reads(shards=(shard.shard_id,), queued=_wanted(room + 1)),
-                                              d.finish(run.run_id, shard.shard_id, outcome, now, room,
-                                                       generation=shard.generation))
-                if finished.recorded:
+                if self._finish(run, shard.shard_id, outcome, generation=shard.generation).recorded:
                     report["failed"] += 1
-                    self._published(run.run_id, shard.shard_id, finished.publish)
                 continue
             again = self.runs.transact(run.run_id, Reads(shards=(shard.shard_id,)), d.redispatch(shard.shard_id, now))
             if again is not None:

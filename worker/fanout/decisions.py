@@ -195,7 +195,8 @@ class Finish:
 
 def finish(run_id: str, shard_id: str, outcome: Outcome, now: float, room: int, *, token: str | None = None,
            generation: int | None = None) -> Decide:
-    """Record a shard's outcome once, with its hand-offs, and pass its slot on (plus ``room``).
+    """Record a shard's outcome once, with its hand-offs, passing its slot (plus ``room``) to its own new children
+    (``pass_slots`` passes what is left to queued shards, in a transaction of its own).
 
     A read (``token``) is recorded only by the lease's holder; a dead letter (no token) only for the current
     generation and while no delivery holds a live lease (a copy of the same message being read elsewhere)."""
@@ -231,6 +232,25 @@ def finish(run_id: str, shard_id: str, outcome: Outcome, now: float, room: int, 
         mine.published = not sent
         writes = [mine, *children, *[s for s in sent if s not in children]]
         return Change(shards=writes, value=Finish(True, publish=ids(sent)))
+
+    return decide
+
+
+def pass_slots(shard_id: str, room: int, now: float) -> Decide:
+    """A finished shard passes its slot (and any room counted) to queued shards, recording them as its dispatches
+    (published after the commit, and again by a redelivery if that failed). The value: the shards to publish."""
+
+    def decide(view: View) -> Change:
+        shard = view.shards.get(shard_id)
+        if shard is None or shard.state not in TERMINAL:
+            return Change(value=[])
+        sent = dispatch([q.copy() for q in view.queued], room, now)
+        if not sent:
+            return Change(value=[])
+        mine = shard.copy()
+        mine.dispatched += [s.shard_id for s in sent]
+        mine.published = False
+        return Change(shards=[mine, *sent], value=ids(sent))
 
     return decide
 
