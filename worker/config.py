@@ -153,7 +153,8 @@ class Settings:
         # Run work is held under leases renewed every third of this; a dead holder's work is taken over after it.
         lease_seconds = _int(get(LEASE_SECONDS), LEASE_SECONDS, 30, 5, 600, problems)
         # Partials one merge task (or the answer) merges at most: ~0.17 s each for a 250-column full-mode partial.
-        merge_fan_in = _int(get(MERGE_FAN_IN), MERGE_FAN_IN, 50, 2, 1000, problems)
+        # At least 10: each level writes the run's record twice, and levels are log(shards) to this base.
+        merge_fan_in = _int(get(MERGE_FAN_IN), MERGE_FAN_IN, 50, 10, 1000, problems)
         # The sweeper publishes again work dispatched this long ago with no live lease (its messages lost).
         sweep_stall_seconds = _int(get(SWEEP_STALL_SECONDS), SWEEP_STALL_SECONDS, 900, 10, 86400, problems)
         # A partial summary larger than this, stored or inflated, is refused unread (worker.partials): its range

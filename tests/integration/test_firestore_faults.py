@@ -10,12 +10,12 @@ import pytest
 from google.api_core import exceptions as google_errors
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
-from worker.runs import Change, RunRecord
 
 from worker.adapters.firestore import FirestoreRunStore
 from worker.devstack.firestore_faults import WriteMeter, faulty_client, install, most_in_window
 from worker.devstack.processes import Service, free_port
 from worker.devstack.stack import firestore_emulator_argv
+from worker.fanout.records import Change, Reads, RunRecord
 
 PROJECT = "faults-test"
 EMULATOR_LOCK_WAIT_S = 1.5  # the emulator holds a contended commit about 2 s before it aborts it
@@ -38,27 +38,27 @@ def emulator(tmp_path_factory):
 
 
 def new_run() -> RunRecord:
-    return RunRecord(run_id=f"run-{uuid.uuid4().hex[:12]}", job={"bucket": "b", "prefix": "p/"},
+    return RunRecord(run_id=f"run-{uuid.uuid4().hex[:12]}", job_json='{"bucket": "b", "prefix": "p/"}',
                      created_at=time.time(), max_in_flight=4)
 
 
 def contend(store: FirestoreRunStore, run_id: str) -> tuple[int, float]:
-    """Two threads each add one to the run's ``listed`` in a transaction; both read the run before either
+    """Two threads each add one to the run's ``redrives`` in a transaction; both read the run before either
     commits. Returns (calls of decide, seconds taken)."""
     both_read = threading.Barrier(2, timeout=30)
     calls = []
     errors = []
 
-    def add_one(run, shard, queued):
+    def add_one(view):
         calls.append(1)
         if len(calls) <= 2:
             both_read.wait()
-        run.listed += 1
-        return Change(run=run)
+        view.run.redrives += 1
+        return Change(run=view.run)
 
     def worker():
         try:
-            store.transact(run_id, None, add_one)
+            store.transact(run_id, Reads(run=True), add_one)
         except Exception as e:  # noqa: BLE001 (reported below)
             errors.append(e)
 
@@ -76,11 +76,11 @@ def test_the_younger_of_two_contending_transactions_is_aborted_and_retried(emula
     client = faulty_client(project=PROJECT)
     store = FirestoreRunStore(client, "runs")
     run = new_run()
-    store.transact(run.run_id, None, lambda r, s, q: Change(run=run))
+    store.create_run(run, [])
 
     calls, seconds = contend(store, run.run_id)
 
-    assert store.get_run(run.run_id).listed == 2
+    assert store.get_run(run.run_id).redrives == 2
     assert client.contention_faults.aborts == 1  # the younger one, once; its retry then committed
     assert calls == 3
     assert client.write_meter.operations()["aborted_commits"] == 0  # the emulator aborted nothing itself
@@ -91,11 +91,11 @@ def test_without_the_layer_the_emulator_holds_the_commit_then_aborts_it(emulator
     client = faulty_client(project=PROJECT, contention=False)  # the meter only
     store = FirestoreRunStore(client, "runs")
     run = new_run()
-    store.transact(run.run_id, None, lambda r, s, q: Change(run=run))
+    store.create_run(run, [])
 
     calls, seconds = contend(store, run.run_id)
 
-    assert store.get_run(run.run_id).listed == 2
+    assert store.get_run(run.run_id).redrives == 2
     assert calls == 3
     assert client.write_meter.operations()["aborted_commits"] == 1
     assert seconds >= EMULATOR_LOCK_WAIT_S, seconds

@@ -589,3 +589,29 @@ def test_a_job_whose_attributes_are_firestore_reserved_names_fans_out_and_answer
     (result,) = out.sent
     assert result["status"] == "ok" and result["files"] == 40, result.get("error")
     assert result["attributes"] == {"__x__": "1", "__y__": "2"}  # the job's, with its reply_attributes
+
+
+def test_a_read_whose_commit_lost_to_contention_does_not_count_toward_failing_the_range(monkeypatch):
+    """Firestore gives up a contended transaction after its attempts (Unavailable: the delivery is retried). The
+    range read fine: that delivery must not count as one of the reads after which a dead-lettered range fails."""
+    from worker.fanout import decisions as d
+
+    worker, stores, out = make_worker(lake(40))
+    worker.handle_pubsub(job_message(JOB), "m-1")
+    message = stores.shards.messages.pop(0)
+    real_finish = d.finish
+
+    def contended(*args, **kwargs):
+        raise Unavailable("Firestore contention outlasted 5 attempts", details={"step": "firestore"})
+
+    monkeypatch.setattr(d, "finish", contended)
+    for _ in range(4):
+        with pytest.raises(Unavailable):
+            deliver(worker, message)
+    shard = stores.runs.get_shard("m-1", message[2])
+    assert shard.attempts == 0 and not shard.lease.live(time.time())
+    deliver(worker, message, dead=True)  # Pub/Sub gave up on it: sent again, not failed
+    assert stores.runs.get_shard("m-1", message[2]).state == "dispatched"
+    monkeypatch.setattr(d, "finish", real_finish)
+    deliver_all(worker, stores, random.Random(17))
+    assert out.sent[0]["status"] == "ok" and out.sent[0]["files"] == 40

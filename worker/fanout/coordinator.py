@@ -254,6 +254,7 @@ class Coordinator:
             return
         shard = leased.shard
         self._replay(run_id, shard)  # what an earlier attempt's hand-off dispatched may not have gone out
+        read = False
         try:
             with _Lease(lambda: self.runs.transact(run_id, Reads(shards=(shard_id,)), d.renew_shard(
                     shard_id, token, self.clock(), self.lease_seconds)), self.lease_seconds) as lease:
@@ -263,6 +264,7 @@ class Coordinator:
                 log.warning("shard lease lost while reading: nothing recorded", extra={"fields": fields})
                 return
             committing = time.monotonic()
+            read = True
             finished = self._finish(run, shard_id, outcome, token=token)
             commit_ms = round((time.monotonic() - committing) * 1000, 1)
         except _HandBack as e:
@@ -275,7 +277,8 @@ class Coordinator:
         except WorkerError as e:
             if e.retryable:
                 with contextlib.suppress(WorkerError):
-                    self.runs.transact(run_id, Reads(shards=(shard_id,)), d.release_shard(shard_id, token))
+                    self.runs.transact(run_id, Reads(shards=(shard_id,)), d.release_shard(shard_id, token,
+                                                                                          uncount=read))
             raise
         if not finished.recorded:
             log.warning("shard not recorded: %s", finished.why, extra={"fields": fields})

@@ -121,8 +121,10 @@ def renew_shard(shard_id: str, token: str, now: float, seconds: float) -> Decide
     return decide
 
 
-def release_shard(shard_id: str, token: str) -> Decide:
-    """Give the lease up (a delivery handing its shard back): the next delivery need not wait for it to expire."""
+def release_shard(shard_id: str, token: str, *, uncount: bool = False) -> Decide:
+    """Give the lease up (a delivery handing its shard back): the next delivery need not wait for it to expire.
+    ``uncount``: the delivery's read succeeded and only its commit failed (contention, Firestore unavailable), which
+    is no fault of the range: the attempt does not count toward failing it."""
 
     def decide(view: View) -> Change:
         shard = view.shards.get(shard_id)
@@ -130,6 +132,8 @@ def release_shard(shard_id: str, token: str) -> Decide:
             return Change(value=False)
         mine = shard.copy()
         mine.lease = Lease()
+        if uncount:
+            mine.attempts = max(0, mine.attempts - 1)
         return Change(shards=[mine], value=True)
 
     return decide
