@@ -292,3 +292,33 @@ class _Refusing:
 def test_permission_denied_is_a_config_error():
     with pytest.raises(ConfigError, match=r"may not use Firestore database projects/p/databases/\(default\)"):
         FirestoreRunStore(_Refusing(), RUNS_COLLECTION).get_run("run-1")
+
+
+def test_queued_shards_claimed_at_once_by_many_go_to_one_each_without_locks(stack):
+    """Commits passing slots at the same moment: each queued shard is dispatched once (a write with a
+    last-update-time precondition fails for the one that read it second), and none waits on another's lock."""
+    run = new_run()
+    shards = shards_of(run, [None, *[f"k{i:02d}" for i in range(1, 12)], None])
+    stack.run_store().create_run(run, shards)
+    claimed, barrier = [], threading.Barrier(6)
+
+    def instance():
+        store = FirestoreRunStore.from_settings(stack.project, FIRESTORE_DATABASE, RUNS_COLLECTION)
+        try:
+            barrier.wait()
+            claimed.extend(store.claim_queued(run.run_id, 3, d.claim(time.time())))
+        finally:
+            store.close()
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=instance) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    ids = [s.shard_id for s in claimed]
+    assert len(ids) == len(set(ids)) <= 12  # no shard dispatched twice
+    assert len(ids) >= 6  # most claims found a shard (18 asked, 12 there)
+    assert all(s.generation == 1 for s in claimed)
+    assert stack.run_store().count_shards(run.run_id, [DISPATCHED]) == len(ids)
+    assert time.monotonic() - started < 30

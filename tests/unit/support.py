@@ -116,6 +116,23 @@ class MemoryRuns:
                 self.writes[f"{run_id}/merges/{task.task_id}"] += 1
             return change.value
 
+    def claim_queued(self, run_id, most, claim):
+        import copy
+        import random
+
+        from worker.fanout.records import QUEUED, ShardRecord
+
+        with self.lock:
+            queued = [k for (r, k), d in sorted(self.shard_docs.items()) if r == run_id and d["state"] == QUEUED]
+            at = random.randrange(len(queued)) if queued else 0
+            claimed = []
+            for shard_id in (queued[at:] + queued[:at])[:most]:
+                new = claim(ShardRecord.from_doc(copy.deepcopy(self.shard_docs[(run_id, shard_id)])))
+                self.shard_docs[(run_id, shard_id)] = copy.deepcopy(new.to_doc())
+                self.writes[f"{run_id}/shards/{shard_id}"] += 1
+                claimed.append(new)
+            return claimed
+
     def create_run(self, run, shards):
         import copy
 

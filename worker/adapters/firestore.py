@@ -153,6 +153,30 @@ class FirestoreRunStore:
                           .limit(most - len(found)).stream(**self._read)]
         return [shard_id for shard_id in found if shard_id not in exclude]
 
+    def claim_queued(self, run_id: str, most: int, claim) -> list[ShardRecord]:
+        """Optimistic: no transaction, so commits of one run passing slots at once never hold each other's locks
+        (the emulator holds a contended lock for seconds); a write whose document changed since its read fails its
+        precondition and the next candidate is tried."""
+        shards = self._runs.document(run_id).collection(SHARDS)
+        claimed: list[ShardRecord] = []
+        for shard_id in self._queued(shards, 2 * most, exclude=set()):
+            if len(claimed) >= most:
+                break
+            ref = shards.document(shard_id)
+            with self._errors(f"dispatching a queued shard of run {run_id}"):
+                snapshot = ref.get(**self._read)
+                record = ShardRecord.from_doc(snapshot.to_dict()) if snapshot.exists else None
+                if record is None or record.state != QUEUED:
+                    continue
+                new = claim(record.copy())
+                try:
+                    ref.update(self._doc(new), option=self._client.write_option(last_update_time=snapshot.update_time),
+                               timeout=self._timeout)
+                except (google_errors.FailedPrecondition, google_errors.Aborted):
+                    continue  # another commit dispatched it first
+            claimed.append(new)
+        return claimed
+
     def create_run(self, run: RunRecord, shards: Sequence[ShardRecord]) -> bool:
         """The run's document and its first shards in one batch, with a create-only precondition on the run's."""
         run_ref = self._runs.document(run.run_id)

@@ -299,11 +299,12 @@ class Coordinator:
         if not finished.recorded:
             return finished
         self._published(run.run_id, shard_id, finished.publish)
-        left = room + 1 - len(finished.publish)
+        left = min(room + 1 - len(finished.publish), d.DISPATCH_BATCH)
         if left > 0:
             try:
-                sent = self.runs.transact(run.run_id, Reads(shards=(shard_id,), queued=_wanted(left)),
-                                          d.pass_slots(shard_id, left, self.clock()))
+                sent = d.ids(self.runs.claim_queued(run.run_id, left, d.claim(self.clock())))
+                if sent:
+                    self.runs.transact(run.run_id, Reads(shards=(shard_id,)), d.passed_on(shard_id, sent))
             except WorkerError as e:
                 if not e.retryable:
                     raise

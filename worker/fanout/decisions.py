@@ -240,21 +240,28 @@ def finish(run_id: str, shard_id: str, outcome: Outcome, now: float, room: int, 
     return decide
 
 
-def pass_slots(shard_id: str, room: int, now: float) -> Decide:
-    """A finished shard passes its slot (and any room counted) to queued shards, recording them as its dispatches
-    (published after the commit, and again by a redelivery if that failed). The value: the shards to publish."""
+def claim(now: float):
+    """What dispatching one queued shard writes (``RunStore.claim_queued``): a new generation, dispatched now."""
+
+    def change(shard: ShardRecord) -> ShardRecord:
+        (sent,) = dispatch([shard], 1, now)
+        return sent
+
+    return change
+
+
+def passed_on(shard_id: str, sent: Sequence[tuple[str, int]]) -> Decide:
+    """Record on a finished shard the queued shards it passed its slot to (published after, and again by a
+    redelivery if that failed)."""
 
     def decide(view: View) -> Change:
         shard = view.shards.get(shard_id)
-        if shard is None or shard.state not in TERMINAL:
-            return Change(value=[])
-        sent = dispatch([q.copy() for q in view.queued], room, now)
-        if not sent:
-            return Change(value=[])
+        if shard is None or not sent:
+            return Change(value=False)
         mine = shard.copy()
-        mine.dispatched += [s.shard_id for s in sent]
+        mine.dispatched += [s for s, _ in sent if s not in mine.dispatched]
         mine.published = False
-        return Change(shards=[mine, *sent], value=ids(sent))
+        return Change(shards=[mine], value=True)
 
     return decide
 
