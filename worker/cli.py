@@ -75,7 +75,7 @@ def _demo_fan_out(stack, objects: int) -> None:
 
     from worker.devstack.datasets import lake_objects
     from worker.devstack.fleet import Fleet
-    from worker.fanout.coordinator import status_of
+    from worker.fanout.coordinator import Stores, status_of
 
     _say(f"fan-out: uploading {objects} objects to s3://demo-data/lake/ and starting 3 instances behind a balancer")
     s3 = stack.aws_client("s3")
@@ -91,12 +91,12 @@ def _demo_fan_out(stack, objects: int) -> None:
         _say(f"published job demo-fan-out for s3://demo-data/lake/ ({objects} objects) as message {run_id}; "
              f"it fans out (FANOUT_MIN_OBJECTS={least}): `python -m worker status {run_id}` shows what this shows")
         assert stack.inbox is not None
-        runs = stack.run_store()
+        progress = _coordinator(None, Stores(runs=stack.run_store(), blobs=None, shards=None))  # type: ignore[arg-type]
         result = None
         while result is None:
-            run = runs.get_run(run_id)
-            if run is not None:
-                line = render_run_progress(status_of(run))
+            status = status_of(progress, run_id)
+            if status is not None:
+                line = render_run_progress(status)
                 sys.stderr.write("\r" + line if sys.stderr.isatty() else line + "\n")
                 sys.stderr.flush()
             try:

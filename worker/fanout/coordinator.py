@@ -645,7 +645,7 @@ class Coordinator:
             # Merge tasks' outputs: the worker's own blobs, gone or unreadable only by a fault no redrive mends.
             raise RuntimeError("merged partials lost: " + "; ".join(lost)[:500])
         summary = builder.build()
-        totals = self._totals(run.run_id)  # after lost shard partials were recorded failed
+        totals = self.totals(run.run_id)  # after lost shard partials were recorded failed
         now = self.clock()
         section = run_section(run, totals, now, max_bytes=self.settings.result_max_bytes // 4)
         section["objects_read"] = summary.files
@@ -689,7 +689,7 @@ class Coordinator:
         now = self.clock()
         result = _error_result(job, error, {"total": (now - run.created_at) * 1000.0})
         with contextlib.suppress(Exception):
-            result["fanout"] = run_section(run, self._totals(run.run_id), now,
+            result["fanout"] = run_section(run, self.totals(run.run_id), now,
                                            max_bytes=self.settings.result_max_bytes // 4)
         current = self.runs.get_run(run.run_id)
         if current is None or not current.lease.held_by(token):
@@ -697,7 +697,7 @@ class Coordinator:
         _, message_id = self.host.send(result, job)
         self.runs.transact(run.run_id, Reads(run=True), d.answered(token, message_id, self.clock()))
 
-    def _totals(self, run_id: str) -> Totals:
+    def totals(self, run_id: str) -> Totals:
         """What the run's shards say, summed from their records (one pass): nothing is counted in one document."""
         totals = Totals()
         for shard in self.runs.shards(run_id):
@@ -928,7 +928,7 @@ def status_of(coordinator: Coordinator, run_id: str, now: float | None = None) -
     run = coordinator.runs.get_run(run_id)
     if run is None:
         return None
-    totals = coordinator._totals(run_id)
+    totals = coordinator.totals(run_id)
     now = time.time() if now is None else now
     end = run.answered_at if run.state == ANSWERED and run.answered_at else now
     elapsed = max(1e-6, end - run.created_at)
