@@ -211,6 +211,12 @@ class Coordinator:
         log.info("job fanned out", extra={"fields": {"run_id": run.run_id, "shards": len(shards), "created": created,
                                                      "max_in_flight": cap}})
 
+    def _dispatch(self, run_id: str, room: int) -> list[tuple[str, int]]:
+        """Dispatch up to ``room`` queued shards (at most DISPATCH_BATCH) by precondition writes, which take no lock:
+        of two commits that pick the same shard, the second's write fails and it tries another. The value: the
+        (shard ID, generation) of each, to publish."""
+        return d.ids(self.runs.claim_queued(run_id, min(room, d.DISPATCH_BATCH), d.claim(self.clock())))
+
     def _publish(self, run_id: str, shards: Sequence[tuple[str, int]]) -> None:
         """Publish shards a commit dispatched. A failure raises ``Retryable``: the message that made the commit is
         redelivered, finds its commit made and the shards unpublished, and publishes them again."""
@@ -290,19 +296,18 @@ class Coordinator:
     def _finish(self, run: RunRecord, shard_id: str, outcome: d.Outcome, *, token: str | None = None,
                 generation: int | None = None) -> d.Finish:
         """Record a shard's outcome (a transaction on its own records only: no other delivery's commit contends
-        with it), publish the children it dispatched, then pass its slot on. Passing the slot reads queued shards
-        that other commits may be dispatching at the same moment: it is its own transaction, and if it loses to
-        contention nothing is lost but time (the next commit, or the sweep, counts the room again)."""
+        with it), publish the children it dispatched, then pass its slot on to queued shards (``_dispatch``). If
+        that fails, nothing is lost but time: the next commit, or the sweep, counts the room again."""
         room = self._room(run)
         finished = self.runs.transact(run.run_id, Reads(shards=(shard_id,)), d.finish(
             run.run_id, shard_id, outcome, self.clock(), room, token=token, generation=generation))
         if not finished.recorded:
             return finished
         self._published(run.run_id, shard_id, finished.publish)
-        left = min(room + 1 - len(finished.publish), d.DISPATCH_BATCH)
+        left = room + 1 - len(finished.publish)
         if left > 0:
             try:
-                sent = d.ids(self.runs.claim_queued(run.run_id, left, d.claim(self.clock())))
+                sent = self._dispatch(run.run_id, left)
                 if sent:
                     self.runs.transact(run.run_id, Reads(shards=(shard_id,)), d.passed_on(shard_id, sent))
             except WorkerError as e:
@@ -764,7 +769,7 @@ class Coordinator:
                 self._publish(run.run_id, [again])
         room = self._room(run)
         if room:
-            sent = self.runs.transact(run.run_id, Reads(queued=room), d.dispatch_queued(room, now))
+            sent = self._dispatch(run.run_id, room)
             report["dispatched"] += len(sent)
             self._publish(run.run_id, sent)
         if not self.runs.count_shards(run.run_id, list(OPEN)):
@@ -813,7 +818,7 @@ class Coordinator:
         run = self.runs.get_run(run_id)
         room = self._room(run) if run is not None else 0
         if room:
-            self._publish(run_id, self.runs.transact(run_id, Reads(queued=room), d.dispatch_queued(room, self.clock())))
+            self._publish(run_id, self._dispatch(run_id, room))
 
 
 @contextlib.contextmanager

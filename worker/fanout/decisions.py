@@ -163,11 +163,10 @@ def hand_off(run_id: str, shard_id: str, token: str, own_stop: str, room: int, n
         mine = shard.copy()
         mine.stop, mine.children = own_stop, [child.shard_id]
         mine.expected_objects = mine.expected_bytes = None  # its listing measures it now
-        sent = dispatch([child, *view.queued], room, now)
+        sent = dispatch([child], room, now)
         mine.dispatched += [s.shard_id for s in sent]
         mine.published = not sent
-        writes = [mine, child, *[s for s in sent if s is not child]]
-        return Change(shards=writes, value=HandOff(stop=own_stop, publish=ids(sent)))
+        return Change(shards=[mine, child], value=HandOff(stop=own_stop, publish=ids(sent)))
 
     return decide
 
@@ -231,11 +230,10 @@ def finish(run_id: str, shard_id: str, outcome: Outcome, now: float, room: int, 
             mine.expected_objects, mine.expected_bytes = outcome.counts.listed, outcome.counts.bytes_listed
         elif outcome.measured[0] is not None:
             mine.expected_objects, mine.expected_bytes = outcome.measured
-        sent = dispatch([*children, *view.queued], room + 1, now)  # its own slot, and the room counted
+        sent = dispatch(children, room + 1, now)  # its own slot, and the room counted
         mine.dispatched += [s.shard_id for s in sent]
         mine.published = not sent
-        writes = [mine, *children, *[s for s in sent if s not in children]]
-        return Change(shards=writes, value=Finish(True, publish=ids(sent)))
+        return Change(shards=[mine, *children], value=Finish(True, publish=ids(sent)))
 
     return decide
 
@@ -292,16 +290,6 @@ def lost_partial(shard_id: str, reason: str) -> Decide:
         lost = shard.copy()
         lost.state, lost.partial, lost.error = FAILED, None, reason
         return Change(shards=[lost], value=True)
-
-    return decide
-
-
-def dispatch_queued(room: int, now: float) -> Decide:
-    """Dispatch as many queued shards as ``room``; the value: (shard ID, generation) of each, to publish."""
-
-    def decide(view: View) -> Change:
-        sent = dispatch([s.copy() for s in view.queued], room, now)
-        return Change(shards=sent, value=ids(sent))
 
     return decide
 
@@ -467,7 +455,7 @@ def requeue(failed: Sequence[str], redrives: int, room: int, now: float) -> Deci
 
 
 def set_cap(max_in_flight: int, now: float) -> Decide:
-    """Change a run's cap on shards in flight (``dispatch_queued`` then sends what the new cap has room for)."""
+    """Change a run's cap on shards in flight (the coordinator then dispatches what the new cap has room for)."""
 
     def decide(view: View) -> Change:
         run = view.run
